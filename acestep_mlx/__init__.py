@@ -1,0 +1,3 @@
+"""ACE-Step v1 music generation on Apple MLX."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Parity cases, one module per reference (see acestep_mlx.parity.CASES)."""
