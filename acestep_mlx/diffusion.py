@@ -14,7 +14,7 @@ Deviations from the original (marked DEVIATION in the code, listed in docs/devia
   axis, which fails);
 * edit with the PingPong scheduler: the first FlowEdit phase updates the edited latent (upstream
   computes the update and drops it, so the latent never changes);
-* a guidance decay with a guidance interval of one step uses progress 0 (upstream divides by 0);
+* a guidance decay with a guidance interval of one step is a clear error (upstream divides by 0);
 * edit with batch_size > 1 edits the same source for every item (upstream fails).
 """
 
@@ -65,12 +65,9 @@ def _noop(*_a, **_k) -> None:
 
 
 def make_scheduler(kind: str, sigma_max: float | None = None):
-    classes = {"euler": S.FlowMatchEulerScheduler, "heun": S.FlowMatchHeunScheduler,
-               "pingpong": S.FlowMatchPingPongScheduler}
-    if kind not in classes:
+    if kind not in ("euler", "heun", "pingpong"):
         raise ValueError(f"unknown scheduler_type {kind!r}; choose euler, heun or pingpong")
-    kw = {} if sigma_max is None else {"sigma_max": sigma_max}
-    return classes[kind](num_train_timesteps=1000, shift=3.0, **kw)
+    return S.make_scheduler(kind, shift=3.0, sigma_max=sigma_max)
 
 
 def encoder_states(dit, c: Conditions, use_erg_lyric: bool, double_condition: bool,

@@ -223,6 +223,15 @@ def main(argv: list[str] | None = None) -> int:
 
     from .pipeline import ACEStepPipeline, GenerationCancelled, validate_params
 
+    try:
+        check = dict(kw, src_latents=None, ref_latents=None)
+        if check.get("audio2audio_enable"):
+            check["task"] = "audio2audio"
+        check.setdefault("audio2audio_enable", False)
+        validate_params(check)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     checkpoint = args.checkpoint
     if args.demo:
         from .demo import DEMO_NOTICE, demo_checkpoint
@@ -231,11 +240,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"NOTE: {DEMO_NOTICE}", file=sys.stderr)
 
     try:
-        check = dict(kw, src_latents=None, ref_latents=None)
-        if check.get("audio2audio_enable"):
-            check["task"] = "audio2audio"
-        check.setdefault("audio2audio_enable", False)
-        validate_params(check)
         t0 = time.perf_counter()
         pipe = ACEStepPipeline.from_pretrained(checkpoint, dtype=args.dtype,
                                                cache_dir=args.cache_dir)

@@ -14,8 +14,11 @@ _BLOCK = r"encoder\.block\.\d+\.layer"
 
 RULES = (
     Rule(r"shared\.weight", r"\g<0>"),
-    Rule(r"encoder\.embed_tokens\.weight", None,
-         reason="tied to shared.weight (same tensor; transformers usually does not store it)"),
+    Rule(
+        r"encoder\.embed_tokens\.weight",
+        None,
+        reason="tied to shared.weight (same tensor; transformers usually does not store it)",
+    ),
     Rule(_BLOCK + r"\.0\.SelfAttention\.(q|k|v|o)\.weight", r"\g<0>"),
     Rule(_BLOCK + r"\.0\.SelfAttention\.relative_attention_bias\.weight", r"\g<0>"),
     Rule(_BLOCK + r"\.0\.layer_norm\.weight", r"\g<0>"),
@@ -23,8 +26,11 @@ RULES = (
     Rule(_BLOCK + r"\.1\.layer_norm\.weight", r"\g<0>"),
     Rule(r"encoder\.final_layer_norm\.weight", r"\g<0>"),
     # a full UMT5 (encoder-decoder) save: UMT5EncoderModel.from_pretrained ignores these
-    Rule(r"(decoder\..*|lm_head\.weight)", None,
-         reason="decoder / LM head of a full UMT5 save; only the encoder is used"),
+    Rule(
+        r"(decoder\..*|lm_head\.weight)",
+        None,
+        reason="decoder / LM head of a full UMT5 save; only the encoder is used",
+    ),
 )
 
 SPEC = ComponentSpec(

@@ -12,9 +12,9 @@ The computation dtype is the dtype of the loaded weights (float32 or bfloat16). 
 activations stay bfloat16 except where the original upcasts: RMSNorm variance and normalisation in
 float32 (then cast back) and the softmax in float32 (then cast back).
 
-Module paths equal the PyTorch state-dict names (`shared`, `encoder.block.3.layer.0.SelfAttention.q`,
-...), so the conversion table is the identity. `encoder.embed_tokens` is tied to `shared` and is
-not a separate parameter.
+Module paths equal the PyTorch state-dict names (`shared`,
+`encoder.block.3.layer.0.SelfAttention.q`, ...), so the conversion table is the identity.
+`encoder.embed_tokens` is tied to `shared` and is not a separate parameter.
 
 ERG ("null" text embedding for the guidance's unconditional branch) is an explicit option of
 `__call__`: the query projections of the chosen blocks are multiplied by `erg_tau`.
@@ -66,8 +66,9 @@ class UMT5Config:
         return config_from_dict(cls, data, source)
 
 
-def relative_position_buckets(query_length: int, key_length: int, num_buckets: int,
-                              max_distance: int) -> np.ndarray:
+def relative_position_buckets(
+    query_length: int, key_length: int, num_buckets: int, max_distance: int
+) -> np.ndarray:
     """Bidirectional T5 buckets of (key position - query position), shape [q, k] int32.
 
     Half the buckets per direction (positive offsets get `+num_buckets // 2`); exact buckets for
@@ -119,15 +120,17 @@ class UMT5Attention(nn.Module):
         self.k = nn.Linear(cfg.d_model, inner, bias=False)
         self.v = nn.Linear(cfg.d_model, inner, bias=False)
         self.o = nn.Linear(inner, cfg.d_model, bias=False)
-        self.relative_attention_bias = nn.Embedding(cfg.relative_attention_num_buckets,
-                                                    cfg.num_heads)
+        self.relative_attention_bias = nn.Embedding(
+            cfg.relative_attention_num_buckets, cfg.num_heads
+        )
 
     def _heads(self, x: mx.array) -> mx.array:
         b, n, _ = x.shape
         return x.reshape(b, n, self.n_heads, self.d_kv).transpose(0, 2, 1, 3)
 
-    def __call__(self, x: mx.array, buckets: mx.array, mask_bias: mx.array,
-                 q_scale: float | None = None) -> mx.array:
+    def __call__(
+        self, x: mx.array, buckets: mx.array, mask_bias: mx.array, q_scale: float | None = None
+    ) -> mx.array:
         b, n, _ = x.shape
         q = self.q(x)
         if q_scale is not None:
@@ -147,8 +150,9 @@ class UMT5LayerSelfAttention(nn.Module):
         self.SelfAttention = UMT5Attention(cfg)
         self.layer_norm = UMT5LayerNorm(cfg.d_model, cfg.layer_norm_epsilon)
 
-    def __call__(self, x: mx.array, buckets: mx.array, mask_bias: mx.array,
-                 q_scale: float | None = None) -> mx.array:
+    def __call__(
+        self, x: mx.array, buckets: mx.array, mask_bias: mx.array, q_scale: float | None = None
+    ) -> mx.array:
         return x + self.SelfAttention(self.layer_norm(x), buckets, mask_bias, q_scale)
 
 
@@ -179,8 +183,9 @@ class UMT5Block(nn.Module):
         super().__init__()
         self.layer = [UMT5LayerSelfAttention(cfg), UMT5LayerFF(cfg)]
 
-    def __call__(self, x: mx.array, buckets: mx.array, mask_bias: mx.array,
-                 q_scale: float | None = None) -> mx.array:
+    def __call__(
+        self, x: mx.array, buckets: mx.array, mask_bias: mx.array, q_scale: float | None = None
+    ) -> mx.array:
         x = self.layer[0](x, buckets, mask_bias, q_scale)
         return self.layer[1](x)
 
@@ -228,8 +233,11 @@ class UMT5Encoder(nn.Module):
         if attention_mask is None:
             mask = mx.ones(ids.shape, dtype=self.dtype)
         else:
-            mask = attention_mask if isinstance(attention_mask, mx.array) else mx.array(
-                np.asarray(attention_mask))
+            mask = (
+                attention_mask
+                if isinstance(attention_mask, mx.array)
+                else mx.array(np.asarray(attention_mask))
+            )
             if tuple(mask.shape) != tuple(ids.shape):
                 raise ValueError(
                     f"attention_mask shape {tuple(mask.shape)} does not match input_ids shape "
@@ -237,8 +245,9 @@ class UMT5Encoder(nn.Module):
                 )
         return ids.astype(mx.int32), mask
 
-    def _erg_scales(self, erg: bool, erg_layers: Sequence[int], erg_tau: float
-                    ) -> list[float | None]:
+    def _erg_scales(
+        self, erg: bool, erg_layers: Sequence[int], erg_tau: float
+    ) -> list[float | None]:
         scales: list[float | None] = [None] * len(self.encoder.block)
         if not erg:
             return scales
@@ -251,8 +260,14 @@ class UMT5Encoder(nn.Module):
             scales[int(i)] = float(erg_tau)
         return scales
 
-    def __call__(self, input_ids, attention_mask=None, erg: bool = False,
-                 erg_layers: Sequence[int] = ERG_LAYERS, erg_tau: float = ERG_TAU) -> mx.array:
+    def __call__(
+        self,
+        input_ids,
+        attention_mask=None,
+        erg: bool = False,
+        erg_layers: Sequence[int] = ERG_LAYERS,
+        erg_tau: float = ERG_TAU,
+    ) -> mx.array:
         """Encode token ids.
 
         Args:
@@ -269,8 +284,11 @@ class UMT5Encoder(nn.Module):
         dtype = self.dtype
         n = ids.shape[1]
         cfg = self.config
-        buckets = mx.array(relative_position_buckets(
-            n, n, cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance))
+        buckets = mx.array(
+            relative_position_buckets(
+                n, n, cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance
+            )
+        )
         mask_bias = ((1.0 - mask.astype(dtype)) * mx.finfo(dtype).min)[:, None, None, :]
         x = self.shared(ids)
         for block, scale in zip(self.encoder.block, scales, strict=True):

@@ -25,7 +25,7 @@ class PromptTokenizer:
 
     def __init__(self, tokenizer, max_length: int = MAX_LENGTH, source: str = TOKENIZER_FILE):
         if max_length < 2:
-            raise ValueError(f"max_length must be at least 2 (one token and </s>), got {max_length}")
+            raise ValueError(f"max_length must be at least 2 (a token and </s>), got {max_length}")
         self.max_length = int(max_length)
         self.pad_id = self._special_id(tokenizer, PAD_TOKEN, source)
         self.eos_id = self._special_id(tokenizer, EOS_TOKEN, source)
@@ -35,10 +35,12 @@ class PromptTokenizer:
                 f"{source}: expected a post-processor that appends {EOS_TOKEN} to each prompt "
                 "(the UMT5 tokenizer.json of ACE-Step/ACE-Step-v1-3.5B)"
             )
-        tokenizer.enable_truncation(max_length=self.max_length, stride=0,
-                                    strategy="longest_first", direction="right")
-        tokenizer.enable_padding(direction="right", pad_id=self.pad_id, pad_type_id=0,
-                                 pad_token=PAD_TOKEN)
+        tokenizer.enable_truncation(
+            max_length=self.max_length, stride=0, strategy="longest_first", direction="right"
+        )
+        tokenizer.enable_padding(
+            direction="right", pad_id=self.pad_id, pad_type_id=0, pad_token=PAD_TOKEN
+        )
         self._tok = tokenizer
 
     @staticmethod

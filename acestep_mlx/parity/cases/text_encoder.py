@@ -14,8 +14,9 @@ from acestep_mlx.text.prompt_tokenizer import PromptTokenizer
 
 def run(ref, ctx) -> None:
     prompts = ref.json["prompts"]
-    tokenizer = PromptTokenizer.from_dir(ctx.fixture_dir / "umt5-base",
-                                         max_length=ref.json["max_length"])
+    tokenizer = PromptTokenizer.from_dir(
+        ctx.fixture_dir / "umt5-base", max_length=ref.json["max_length"]
+    )
     ids, mask = tokenizer(prompts)
     ref.check("input_ids", ids)
     ref.check("attention_mask", mask)
@@ -27,8 +28,11 @@ def run(ref, ctx) -> None:
 
     model = ctx.load("text_encoder", "float32")
     ref.check("last_hidden_state", np.array(model(ids, mask)), note="padded batch")
-    ref.check("last_hidden_state_null_erg", np.array(model(ids, mask, erg=True)),
-              note="ERG: q x 0.01 in blocks 8, 9")
+    ref.check(
+        "last_hidden_state_null_erg",
+        np.array(model(ids, mask, erg=True)),
+        note="ERG: q x 0.01 in blocks 8, 9",
+    )
     for i, prompt in enumerate(prompts):
         one_ids, one_mask = tokenizer([prompt])
         ref.check(f"last_hidden_state_single.{i}", np.array(model(one_ids, one_mask)))

@@ -1,0 +1,163 @@
+"""The pipeline: parity of whole runs with the original's noise, bad input, outputs, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from acestep_mlx.parity import run_parity
+from acestep_mlx.pipeline import ACEStepPipeline, GenerationCancelled, validate_params
+
+FIXTURE = Path(__file__).parent / "fixtures" / "tiny-a"
+TEXT2MUSIC = ["pipeline_text2music", "pipeline_text2music_heun_cfg_double",
+              "pipeline_text2music_pingpong_cfgstar_oss"]
+EDITING = ["pipeline_retake", "pipeline_repaint", "pipeline_extend", "pipeline_audio2audio",
+           "pipeline_edit"]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def pipe(cache):
+    return ACEStepPipeline(FIXTURE, dtype="float32", cache_dir=cache, verbose=False)
+
+
+@pytest.mark.parametrize("name", TEXT2MUSIC + EDITING)
+def test_pipeline_parity(name, cache):
+    summary = run_parity(FIXTURE, only=[name], cache_dir=cache, verbose=False)
+    failed = [r.line() for r in summary.results if not r.passed]
+    assert not failed, "\n".join(failed)
+    assert summary.n_not_covered == 0, summary.not_covered
+    assert summary.passed > 10
+
+
+def base_params(**over) -> dict:
+    p = dict(format="wav", audio_duration=1.2, prompt="pop, piano", lyrics="[verse]\nla la",
+             infer_step=3, guidance_scale=15.0, scheduler_type="euler", cfg_type="apg",
+             omega_scale=10.0, guidance_interval=0.5, guidance_interval_decay=0.0,
+             min_guidance_scale=3.0, guidance_scale_text=0.0, guidance_scale_lyric=0.0,
+             retake_variance=0.5, ref_audio_strength=0.5, edit_n_min=0.0, edit_n_max=1.0,
+             edit_n_avg=1, batch_size=1, task="text2music", src_audio_path=None,
+             ref_audio_input=None, repaint_start=0, repaint_end=0, edit_target_prompt=None,
+             edit_target_lyrics=None)
+    p.update(over)
+    return p
+
+
+@pytest.mark.parametrize("over, message", [
+    ({"prompt": ""}, "prompt is empty"),
+    ({"prompt": None}, "prompt is empty"),
+    ({"infer_step": 0}, "infer_step must be an integer from 1"),
+    ({"infer_step": 1000}, "infer_step must be an integer from 1"),
+    ({"guidance_scale": -1.0}, "guidance_scale must be a number >= 0"),
+    ({"scheduler_type": "ddim"}, "unknown scheduler_type 'ddim'"),
+    ({"cfg_type": "magic"}, "unknown cfg_type 'magic'"),
+    ({"batch_size": 0}, "batch_size must be an integer from 1"),
+    ({"audio_duration": 300.0}, "at most 240"),
+    ({"format": "aiff"}, "unknown format"),
+    ({"task": "repaint"}, "needs src_audio_path"),
+    ({"task": "repaint", "src_audio_path": "x.wav", "repaint_start": 5, "repaint_end": 2},
+     "must be before repaint_end"),
+    ({"task": "edit", "src_audio_path": "x.wav"}, "edit needs edit_target_prompt"),
+    ({"ref_audio_strength": 1.5}, "between 0 and 1"),
+    ({"lyrics": None}, "lyrics must be a string"),
+])
+def test_bad_parameters_are_refused(over, message):
+    with pytest.raises(ValueError, match=message):
+        validate_params(base_params(**over))
+
+
+def test_unwritable_output_dir(pipe, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        import os
+
+        if os.access(ro, os.W_OK):  # running as root: permissions are not enforced
+            pytest.skip("root ignores directory permissions")
+        with pytest.raises(PermissionError, match="not writable"):
+            pipe.generate(prompt="pop", lyrics="", audio_duration=1.0, infer_step=2,
+                          output_dir=ro)
+    finally:
+        ro.chmod(0o700)
+
+
+def test_generation_writes_48k_stereo_and_metadata_and_never_overwrites(pipe, tmp_path):
+    kw = dict(prompt="pop, piano", lyrics="[verse]\nhello", audio_duration=1.5, infer_step=3,
+              manual_seeds="7", output_dir=tmp_path)
+    r1 = pipe.generate(**kw)
+    r2 = pipe.generate(**kw)
+    assert len(r1.paths) == 1 and r1.paths[0] != r2.paths[0]
+    data, sr = sf.read(r1.paths[0], always_2d=True)
+    assert sr == 48000 and data.shape[1] == 2 and data.shape[0] > 48000
+    assert np.isfinite(data).all()
+    meta = json.loads(Path(r1.paths[0]).with_name(
+        Path(r1.paths[0]).stem + "_input_params.json").read_text())
+    assert list(meta)[:4] == ["format", "lora_name_or_path", "lora_weight", "task"]
+    assert meta["actual_seeds"] == [7] and meta["audio_path"] == r1.paths[0]
+    # same seed -> same audio (MLX noise is deterministic per seed)
+    np.testing.assert_array_equal(data, sf.read(r2.paths[0], always_2d=True)[0])
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_cancel_writes_nothing(pipe, tmp_path):
+    def cancel(ev):
+        return ev.stage == "diffusion" and ev.step == 1
+
+    with pytest.raises(GenerationCancelled):
+        pipe.generate(prompt="pop", lyrics="", audio_duration=1.0, infer_step=4,
+                      output_dir=tmp_path, callback=cancel)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_step_generator_yields_every_step(pipe):
+    events = list(pipe.stream(prompt="pop", lyrics="[inst]", audio_duration=1.0, infer_step=4,
+                              write_files=False))
+    steps = [e.step for e in events if e.stage == "diffusion"]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_batch_items_get_their_own_seeds(pipe):
+    gen = pipe.stream(prompt="pop", lyrics="", audio_duration=1.0, infer_step=2, batch_size=2,
+                      manual_seeds="1,2", write_files=False)
+    try:
+        while True:
+            next(gen)
+    except StopIteration as stop:
+        result = stop.value
+    lat = np.array(result.latents)
+    assert lat.shape[0] == 2 and not np.allclose(lat[0], lat[1])
+    assert result.params["actual_seeds"] == [1, 2]
+
+
+def test_cli_demo_writes_playable_file(tmp_path, monkeypatch, capsys):
+    from acestep_mlx.generate import main
+
+    monkeypatch.setenv("ACESTEP_MLX_CACHE", str(tmp_path / "cache"))
+    rc = main(["--demo", "--duration", "2", "--steps", "3", "--output-dir", str(tmp_path / "o")])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    wavs = list((tmp_path / "o").glob("*.wav"))
+    assert len(wavs) == 1
+    info = sf.info(str(wavs[0]))
+    assert info.samplerate == 48000 and info.channels == 2
+    assert (tmp_path / "o" / (wavs[0].stem + "_input_params.json")).is_file()
+    assert "noise, not music" in out.err + out.out
+
+
+def test_cli_bad_input_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    from acestep_mlx.generate import main
+
+    monkeypatch.setenv("ACESTEP_MLX_CACHE", str(tmp_path / "cache"))
+    rc = main(["--demo", "--steps", "0", "--output-dir", str(tmp_path)])
+    assert rc != 0
+    assert "infer_step must be an integer" in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists()  # refused before any work
