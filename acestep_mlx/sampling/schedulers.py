@@ -61,8 +61,9 @@ def shift_sigmas(sigmas: np.ndarray, shift: float) -> np.ndarray:
     return shift * sigmas / (1 + (shift - 1) * sigmas)
 
 
-def pairwise_sum(x: mx.array, axes: Sequence[int] | int | None = None,
-                 keepdims: bool = False) -> mx.array:
+def pairwise_sum(
+    x: mx.array, axes: Sequence[int] | int | None = None, keepdims: bool = False
+) -> mx.array:
     """Float32 sum over `axes` (all when None) by pairwise (tree) addition.
 
     PyTorch's float32 reductions (cascade sums on CPU, tree reductions on CUDA) are accurate to an
@@ -106,8 +107,9 @@ def omega_remap(omega: float) -> float:
     return float(lower + (upper - lower) / (1 + np.exp(-steepness * (omega - midpoint))))
 
 
-def training_grid(num_train_timesteps: int = 1000, shift: float = 3.0,
-                  sigma_max: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+def training_grid(
+    num_train_timesteps: int = 1000, shift: float = 3.0, sigma_max: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """The construction-time grid (used by training): `(timesteps, sigmas)`, float32, descending.
 
     `linspace(1, sigma_max * n, n)` in float32, reversed, divided by n, shifted once (float32
@@ -139,7 +141,8 @@ def _timestep_value(timestep) -> np.float32:
         return np.float32(timestep)
     raise ValueError(
         f"timestep must be one value of `scheduler.timesteps` (a float scalar), got {timestep!r}; "
-        "integer step indices (e.g. from enumerate(timesteps)) are not accepted")
+        "integer step indices (e.g. from enumerate(timesteps)) are not accepted"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,12 +161,12 @@ class FlowMatchScheduler:
     name = "base"
     supports_custom_sigmas = True
 
-    def __init__(self, num_train_timesteps: int = 1000, shift: float = 3.0,
-                 sigma_max: float | None = None):
+    def __init__(
+        self, num_train_timesteps: int = 1000, shift: float = 3.0, sigma_max: float | None = None
+    ):
         self.num_train_timesteps = _check_num_train_timesteps(num_train_timesteps)
         self.shift = float(shift)
-        self.timesteps, self.sigmas = training_grid(self.num_train_timesteps, self.shift,
-                                                    sigma_max)
+        self.timesteps, self.sigmas = training_grid(self.num_train_timesteps, self.shift, sigma_max)
         self.sigma_min = float(self.sigmas[-1])
         self.sigma_max = float(self.sigmas[0])
         self.num_inference_steps: int | None = None
@@ -172,20 +175,27 @@ class FlowMatchScheduler:
 
     # --- grid ---------------------------------------------------------------------------------
 
-    def set_timesteps(self, num_inference_steps: int | None = None,
-                      sigmas: Sequence[float] | np.ndarray | None = None) -> None:
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        sigmas: Sequence[float] | np.ndarray | None = None,
+    ) -> None:
         """Build the inference grid from N steps, or from explicit (unshifted) `sigmas`."""
         if sigmas is None:
             n = self._check_steps(num_inference_steps)
             self.num_inference_steps = n
-            t = np.linspace(self.sigma_max * self.num_train_timesteps,
-                            self.sigma_min * self.num_train_timesteps, n)
+            t = np.linspace(
+                self.sigma_max * self.num_train_timesteps,
+                self.sigma_min * self.num_train_timesteps,
+                n,
+            )
             base = t / self.num_train_timesteps
         else:
             if not self.supports_custom_sigmas:
                 raise ValueError(
                     f"{type(self).__name__} does not support custom sigmas (oss_steps): use the "
-                    "'euler' or 'pingpong' scheduler, or drop oss_steps")
+                    "'euler' or 'pingpong' scheduler, or drop oss_steps"
+                )
             base = np.asarray(sigmas)
             if base.ndim != 1 or base.size == 0:
                 raise ValueError(f"sigmas must be a non-empty 1-D sequence, got shape {base.shape}")
@@ -204,11 +214,14 @@ class FlowMatchScheduler:
     def _check_steps(num_inference_steps) -> int:
         if num_inference_steps is None:
             raise ValueError("set_timesteps needs num_inference_steps or sigmas")
-        if (isinstance(num_inference_steps, bool)
-                or not isinstance(num_inference_steps, (int, np.integer))
-                or num_inference_steps < 0):
+        if (
+            isinstance(num_inference_steps, bool)
+            or not isinstance(num_inference_steps, (int, np.integer))
+            or num_inference_steps < 0
+        ):
             raise ValueError(
-                f"num_inference_steps must be a non-negative integer, got {num_inference_steps!r}")
+                f"num_inference_steps must be a non-negative integer, got {num_inference_steps!r}"
+            )
         return int(num_inference_steps)
 
     # --- step index -----------------------------------------------------------------------------
@@ -231,8 +244,10 @@ class FlowMatchScheduler:
         value = _timestep_value(timestep)
         hits = np.flatnonzero(self.timesteps == value)
         if hits.size == 0:
-            raise ValueError(f"timestep {float(value)!r} is not in scheduler.timesteps; pass a "
-                             "value taken from scheduler.timesteps")
+            raise ValueError(
+                f"timestep {float(value)!r} is not in scheduler.timesteps; pass a "
+                "value taken from scheduler.timesteps"
+            )
         return int(hits[1] if hits.size > 1 else hits[0])
 
     def init_step_index(self, timestep) -> None:
@@ -247,12 +262,21 @@ class FlowMatchScheduler:
         if self._step_index is None:
             self.init_step_index(timestep)
         if self._step_index + 1 >= len(self.sigmas):
-            raise ValueError(f"step() called past the end of the schedule "
-                             f"({len(self.timesteps)} timesteps); call set_timesteps again")
+            raise ValueError(
+                f"step() called past the end of the schedule "
+                f"({len(self.timesteps)} timesteps); call set_timesteps again"
+            )
         return self._step_index
 
-    def step(self, model_output: mx.array, timestep, sample: mx.array, omega: float = 0.0,
-             noise: mx.array | None = None, key: mx.array | None = None) -> mx.array:
+    def step(
+        self,
+        model_output: mx.array,
+        timestep,
+        sample: mx.array,
+        omega: float = 0.0,
+        noise: mx.array | None = None,
+        key: mx.array | None = None,
+    ) -> mx.array:
         raise NotImplementedError
 
     def __len__(self) -> int:
@@ -276,8 +300,15 @@ class FlowMatchEulerScheduler(FlowMatchScheduler):
 
     name = "euler"
 
-    def step(self, model_output: mx.array, timestep, sample: mx.array, omega: float = 0.0,
-             noise: mx.array | None = None, key: mx.array | None = None) -> mx.array:
+    def step(
+        self,
+        model_output: mx.array,
+        timestep,
+        sample: mx.array,
+        omega: float = 0.0,
+        noise: mx.array | None = None,
+        key: mx.array | None = None,
+    ) -> mx.array:
         """One Euler step from `timestep` to the next sigma; returns the sample in v's dtype.
 
         `noise`/`key` are accepted for a uniform call signature and ignored.
@@ -304,8 +335,9 @@ class FlowMatchHeunScheduler(FlowMatchScheduler):
     name = "heun"
     supports_custom_sigmas = False
 
-    def __init__(self, num_train_timesteps: int = 1000, shift: float = 3.0,
-                 sigma_max: float | None = None):
+    def __init__(
+        self, num_train_timesteps: int = 1000, shift: float = 3.0, sigma_max: float | None = None
+    ):
         super().__init__(num_train_timesteps, shift, sigma_max)
         self._reset_state()
 
@@ -326,8 +358,15 @@ class FlowMatchHeunScheduler(FlowMatchScheduler):
     def state_in_first_order(self) -> bool:
         return self.dt is None
 
-    def step(self, model_output: mx.array, timestep, sample: mx.array, omega: float = 0.0,
-             noise: mx.array | None = None, key: mx.array | None = None) -> mx.array:
+    def step(
+        self,
+        model_output: mx.array,
+        timestep,
+        sample: mx.array,
+        omega: float = 0.0,
+        noise: mx.array | None = None,
+        key: mx.array | None = None,
+    ) -> mx.array:
         """One Heun half-step (predictor or corrector); returns the sample in v's dtype."""
         _check_shapes(model_output, sample)
         k = self._prepare(timestep)
@@ -363,13 +402,22 @@ class FlowMatchPingPongScheduler(FlowMatchScheduler):
 
     name = "pingpong"
 
-    def step(self, model_output: mx.array, timestep, sample: mx.array, omega: float = 0.0,
-             noise: mx.array | None = None, key: mx.array | None = None) -> mx.array:
+    def step(
+        self,
+        model_output: mx.array,
+        timestep,
+        sample: mx.array,
+        omega: float = 0.0,
+        noise: mx.array | None = None,
+        key: mx.array | None = None,
+    ) -> mx.array:
         _check_shapes(model_output, sample)
         if noise is None:
             if key is None:
-                raise ValueError("FlowMatchPingPongScheduler.step needs `noise` or an explicit "
-                                 "`key` (mx.random.key) to draw its noise")
+                raise ValueError(
+                    "FlowMatchPingPongScheduler.step needs `noise` or an explicit "
+                    "`key` (mx.random.key) to draw its noise"
+                )
             noise = mx.random.normal(sample.shape, dtype=mx.float32, key=key)
         elif noise.shape != sample.shape:
             raise ValueError(f"noise shape {noise.shape} != sample shape {sample.shape}")
@@ -379,7 +427,8 @@ class FlowMatchPingPongScheduler(FlowMatchScheduler):
         sigma = self.sigmas[k]
         sigma_next = self.sigmas[k + 1]
         denoised = x - (mx.array(sigma, dtype=mx.float32).astype(dtype) * model_output).astype(
-            mx.float32)
+            mx.float32
+        )
         keep = mx.array(np.float32(1) - sigma_next, dtype=mx.float32)
         prev = keep * denoised + mx.array(sigma_next, dtype=mx.float32) * noise.astype(mx.float32)
         self._step_index = k + 1
@@ -398,12 +447,17 @@ def scheduler_class(scheduler_type: str) -> type[FlowMatchScheduler]:
     try:
         return SCHEDULERS[scheduler_type]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown scheduler_type {scheduler_type!r}; choose one of "
-                         f"{', '.join(SCHEDULERS)}") from None
+        raise ValueError(
+            f"unknown scheduler_type {scheduler_type!r}; choose one of {', '.join(SCHEDULERS)}"
+        ) from None
 
 
-def make_scheduler(scheduler_type: str, shift: float = 3.0, sigma_max: float | None = None,
-                   num_train_timesteps: int = 1000) -> FlowMatchScheduler:
+def make_scheduler(
+    scheduler_type: str,
+    shift: float = 3.0,
+    sigma_max: float | None = None,
+    num_train_timesteps: int = 1000,
+) -> FlowMatchScheduler:
     """A scheduler as the pipeline builds it (1000 training steps, shift 3)."""
     return scheduler_class(scheduler_type)(num_train_timesteps, shift, sigma_max)
 
@@ -413,9 +467,11 @@ def make_scheduler(scheduler_type: str, shift: float = 3.0, sigma_max: float | N
 # ---------------------------------------------------------------------------------------------
 
 
-def retrieve_timesteps(scheduler: FlowMatchScheduler, num_inference_steps: int | None = None,
-                       sigmas: Sequence[float] | np.ndarray | None = None
-                       ) -> tuple[np.ndarray, int]:
+def retrieve_timesteps(
+    scheduler: FlowMatchScheduler,
+    num_inference_steps: int | None = None,
+    sigmas: Sequence[float] | np.ndarray | None = None,
+) -> tuple[np.ndarray, int]:
     """Configure `scheduler` and return `(timesteps, N)`.
 
     With `num_inference_steps`, N is that number as passed (so N, not 2N-1, for Heun: the
@@ -439,8 +495,9 @@ def parse_oss_steps(oss_steps: str | Sequence[int] | None) -> list[int]:
         try:
             return [int(s) for s in oss_steps.split(",")]
         except ValueError:
-            raise ValueError(f"oss_steps must be comma-separated integers like '16, 29, 52', "
-                             f"got {oss_steps!r}") from None
+            raise ValueError(
+                f"oss_steps must be comma-separated integers like '16, 29, 52', got {oss_steps!r}"
+            ) from None
     return [int(s) for s in oss_steps]
 
 
@@ -454,8 +511,12 @@ def _round_to_dtype(values: np.ndarray, dtype) -> np.ndarray:
     return np.array(mx.array(values).astype(dtype).astype(mx.float32))
 
 
-def oss_sigmas(timesteps: np.ndarray, oss_steps: Sequence[int], dtype="float32",
-               num_train_timesteps: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+def oss_sigmas(
+    timesteps: np.ndarray,
+    oss_steps: Sequence[int],
+    dtype="float32",
+    num_train_timesteps: int = 1000,
+) -> tuple[np.ndarray, np.ndarray]:
     """OSS pick of spec 7.6: `(picked, sigmas)` from a max(oss)-step grid `timesteps`.
 
     `picked[k] = timesteps[oss_steps[k] - 1]` rounded to the pipeline `dtype` ("float32",
@@ -464,15 +525,19 @@ def oss_sigmas(timesteps: np.ndarray, oss_steps: Sequence[int], dtype="float32",
     """
     steps = np.asarray(list(oss_steps), dtype=np.int64)
     if steps.size == 0 or steps.min() < 1 or steps.max() > len(timesteps):
-        raise ValueError(f"oss_steps must be 1-based step numbers in [1, {len(timesteps)}], "
-                         f"got {steps.tolist()}")
+        raise ValueError(
+            f"oss_steps must be 1-based step numbers in [1, {len(timesteps)}], got {steps.tolist()}"
+        )
     picked = _round_to_dtype(timesteps[steps - 1], dtype)
     sigmas = _round_to_dtype((picked / np.float32(num_train_timesteps)).astype(np.float32), dtype)
     return picked, sigmas
 
 
-def oss_timesteps(scheduler: FlowMatchScheduler | type[FlowMatchScheduler],
-                  oss_steps: str | Sequence[int], dtype="float32") -> tuple[np.ndarray, int]:
+def oss_timesteps(
+    scheduler: FlowMatchScheduler | type[FlowMatchScheduler],
+    oss_steps: str | Sequence[int],
+    dtype="float32",
+) -> tuple[np.ndarray, int]:
     """The OSS ("optimal steps") grid of spec 7.6; configures `scheduler`, returns (timesteps, N).
 
     Builds the max(oss)-step schedule, picks `t[k - 1]` for each k in the pipeline `dtype` (bf16
@@ -487,8 +552,10 @@ def oss_timesteps(scheduler: FlowMatchScheduler | type[FlowMatchScheduler],
     if not steps:
         raise ValueError("oss_steps is empty; use retrieve_timesteps(scheduler, N) instead")
     if not scheduler.supports_custom_sigmas:
-        raise ValueError(f"oss_steps cannot be used with {type(scheduler).__name__}: it has no "
-                         "custom-sigma schedule; use the 'euler' or 'pingpong' scheduler")
+        raise ValueError(
+            f"oss_steps cannot be used with {type(scheduler).__name__}: it has no "
+            "custom-sigma schedule; use the 'euler' or 'pingpong' scheduler"
+        )
     if min(steps) < 1:
         raise ValueError(f"oss_steps are 1-based step numbers (>= 1), got {steps}")
     full, _ = retrieve_timesteps(scheduler, max(steps))

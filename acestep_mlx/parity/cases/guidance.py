@@ -34,8 +34,15 @@ def run(ref, ctx) -> None:
     # one MomentumBuffer shared by the calls, guidance_scale 15, defaults otherwise
     buf = MomentumBuffer(momentum=apg["momentum"])
     for i in range(len(ref.names("apg.momentum.out."))):
-        out = apg_forward(cond[i], uncond[i], apg["guidance_scale"], momentum_buffer=buf,
-                          eta=apg["eta"], norm_threshold=apg["norm_threshold"], dims=dims)
+        out = apg_forward(
+            cond[i],
+            uncond[i],
+            apg["guidance_scale"],
+            momentum_buffer=buf,
+            eta=apg["eta"],
+            norm_threshold=apg["norm_threshold"],
+            dims=dims,
+        )
         ref.check(f"apg.momentum.out.{i}", _np(out))
         ref.check(f"apg.momentum.running_average.{i}", _np(buf.running_average))
 
@@ -53,8 +60,9 @@ def run(ref, ctx) -> None:
     ref.check("cfg.out", _np(cfg_forward(cond[0], uncond[0], 15.0)))
 
     only_text = mx.array(ref.input("cfg_double.only_text"))
-    out = cfg_double_condition_forward(cond[2], uncond[2], only_text, guidance_scale_text=5.0,
-                                       guidance_scale_lyric=2.5)
+    out = cfg_double_condition_forward(
+        cond[2], uncond[2], only_text, guidance_scale_text=5.0, guidance_scale_lyric=2.5
+    )
     ref.check("cfg_double.out", _np(out))
 
     for i in (0, 1, 2):

@@ -19,8 +19,10 @@ from acestep_mlx.sampling.schedulers import SCHEDULERS, omega_remap, retrieve_ti
 _NUM = r"(\d+(?:\.\d+)?)"
 _INIT = re.compile(rf"(\w+)\.init_shift{_NUM}\.(timesteps|sigmas)")
 _STEPS = re.compile(rf"(\w+)\.steps(\d+)_shift{_NUM}\.(timesteps|sigmas)")
-_SIGMA_MAX = re.compile(rf"(\w+)\.sigma_max{_NUM}_steps(\d+)_shift{_NUM}\."
-                        r"(timesteps|sigmas|sigma_max_attr)")
+_SIGMA_MAX = re.compile(
+    rf"(\w+)\.sigma_max{_NUM}_steps(\d+)_shift{_NUM}\."
+    r"(timesteps|sigmas|sigma_max_attr)"
+)
 _CUSTOM = re.compile(r"(\w+)\.custom_sigmas\.(timesteps|sigmas)")
 _LOOP = re.compile(rf"step\.(\w+)\.omega{_NUM}\.timesteps")
 
@@ -37,8 +39,12 @@ def _check_count(ref, name: str, kind: str, n: int, n_timesteps_ref: int) -> Non
     expected = 2 * n - 1 if kind == "heun" else n
     unit = f"{name}.num_inference_steps"
     ref.expect([unit])
-    ref.check_value(unit, expected, n_timesteps_ref,
-                    note=f"N={n} -> {'2N-1' if kind == 'heun' else 'N'} timesteps")
+    ref.check_value(
+        unit,
+        expected,
+        n_timesteps_ref,
+        note=f"N={n} -> {'2N-1' if kind == 'heun' else 'N'} timesteps",
+    )
 
 
 def _grids(ref) -> None:
@@ -90,8 +96,10 @@ def _loops(ref) -> None:
         sched = SCHEDULERS[kind](1000, 3.0)
         timesteps, _ = retrieve_timesteps(sched, n)
         ref.check(name, timesteps)
-        ref.check(f"{prefix}.omega_after_logistic",
-                  _scalar(ref, f"{prefix}.omega_after_logistic", omega_remap(omega)))
+        ref.check(
+            f"{prefix}.omega_after_logistic",
+            _scalar(ref, f"{prefix}.omega_after_logistic", omega_remap(omega)),
+        )
         sample = mx.array(ref.input("step.initial_sample"))
         for k, t in enumerate(timesteps):
             v = mx.array(ref.input(f"{prefix}.model_output.{k}"))
