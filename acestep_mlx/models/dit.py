@@ -3,9 +3,10 @@
 `encode` turns the conditions (UMT5 text states, speaker embedding, lyric ids) into encoder
 states once per generation; `decode` is one velocity prediction on latents [B, 8, 16, T] (PyTorch
 layout) and is what the sampler calls every step. Module paths equal the PyTorch state-dict names
-(`transformer_blocks.{i}.attn.to_q`, `...cross_attn.to_out.0`, `t_block.1`, `proj_in.early_conv_layers.0`,
-`final_layer.linear`, `lyric_encoder.encoders.{j}.self_attn.linear_q`, `projectors.{k}.{0,2,4}`, ...)
-so the converter's key table is mostly the identity and LoRA keys map directly.
+(`transformer_blocks.{i}.attn.to_q`, `...cross_attn.to_out.0`, `t_block.1`,
+`proj_in.early_conv_layers.0`, `final_layer.linear`, `projectors.{k}.{0,2,4}`,
+`lyric_encoder.encoders.{j}.self_attn.linear_q`, ...), so the converter's key table is mostly the
+identity and LoRA keys map directly.
 
 Numerics follow the original, quirks included: the timestep sinusoid is cos-first and computed in
 float32; the patch embedding's GroupNorm normalises over the whole clip; RoPE pairs adjacent
@@ -92,8 +93,10 @@ class DiTConfig:
 
     def validate(self, source: str = "config.json") -> None:
         if len(self.patch_size) != 2 or self.patch_size[1] != 1:
-            raise ConfigError(f"{source}: patch_size {list(self.patch_size)} is not supported; "
-                              "ACE-Step v1 uses [16, 1] (one token per latent frame)")
+            raise ConfigError(
+                f"{source}: patch_size {list(self.patch_size)} is not supported; "
+                "ACE-Step v1 uses [16, 1] (one token per latent frame)"
+            )
         if (self.in_channels * 256) % GROUP_NORM_GROUPS:
             raise ConfigError(f"{source}: in_channels * 256 must be divisible by 32 (GroupNorm)")
         if self.attention_head_dim % 2:
@@ -112,22 +115,31 @@ def dit_config_from_dict(data: dict, source: str = "ace_step_transformer/config.
 # small numerics helpers
 
 
-def timestep_sinusoid(timestep: mx.array, channels: int = TIME_PROJ_CHANNELS) -> mx.array:
-    """diffusers `Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0)`, float32.
+def timestep_frequencies(channels: int = TIME_PROJ_CHANNELS) -> np.ndarray:
+    """`exp(-ln(10000) k / (channels/2))` in float32, k = 0..channels/2-1.
 
-    `f_k = exp(-ln(10000) k / 128)`; output `concat(cos(t f), sin(t f))` (cos first).
+    The exponent is formed in float32 as the original does; the exponential is evaluated in
+    float64 and rounded (correctly rounded, like PyTorch's CPU exp; MLX's float32 exp is off by an
+    ulp for most entries, which at t ~ 1000 moves the angle by ~6e-5).
     """
     half = channels // 2
-    exponent = (-math.log(10000) * mx.arange(0, half, dtype=mx.float32)) / half
-    freqs = mx.exp(exponent)
+    exponent = (np.float32(-math.log(10000)) * np.arange(half, dtype=np.float32)) / np.float32(half)
+    return np.exp(exponent.astype(np.float64)).astype(np.float32)
+
+
+def timestep_sinusoid(timestep: mx.array, freqs: mx.array) -> mx.array:
+    """diffusers `Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0)`, float32:
+    `concat(cos(t f), sin(t f))` (cos first), `f` from `timestep_frequencies`."""
     args = timestep.astype(mx.float32)[:, None] * freqs[None, :]
     return mx.concatenate([mx.cos(args), mx.sin(args)], axis=-1)
 
 
 def rope_inv_freq(dim: int, base: float) -> np.ndarray:
-    """`1 / base^(2j/dim)`, j = 0..dim/2-1, in float32 (Qwen2RotaryEmbedding)."""
+    """`1 / base^(2j/dim)`, j = 0..dim/2-1, float32 (Qwen2RotaryEmbedding); the power is
+    evaluated in float64 and rounded, the exponent and the reciprocal are float32 as upstream."""
     exps = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim)
-    return (np.float32(1.0) / np.power(np.float32(base), exps)).astype(np.float32)
+    powed = np.power(np.float64(np.float32(base)), exps.astype(np.float64)).astype(np.float32)
+    return (np.float32(1.0) / powed).astype(np.float32)
 
 
 def rope_tables(length: int, inv_freq: mx.array, dtype: mx.Dtype) -> tuple[mx.array, mx.array]:
@@ -162,7 +174,7 @@ def linear_interpolate_indices(n_in: int, n_out: int) -> tuple[np.ndarray, np.nd
     scale = np.float32(n_in) / np.float32(n_out)
     src = (np.arange(n_out, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
     src = np.maximum(src, np.float32(0.0))
-    i0 = src.astype(np.int64)
+    i0 = np.minimum(src.astype(np.int64), n_in - 1)
     lam = np.clip(src - i0.astype(np.float32), 0.0, 1.0).astype(np.float32)
     i1 = np.where(i0 < n_in - 1, i0 + 1, i0)
     return i0, i1, lam
@@ -193,9 +205,10 @@ def _per_item_scale(erg: bool | mx.array, batch: int, tau: float) -> float | mx.
         erg = mx.array(np.asarray(erg, dtype=bool))
     if isinstance(erg, mx.array):
         if erg.shape != (batch,):
-            raise ValueError(f"per-item ERG switch must have shape [{batch}], got {list(erg.shape)}")
-        return mx.where(erg.astype(mx.bool_), mx.array(tau, mx.float32),
-                        mx.array(1.0, mx.float32))
+            raise ValueError(
+                f"per-item ERG switch must have shape [{batch}], got {list(erg.shape)}"
+            )
+        return mx.where(erg.astype(mx.bool_), mx.array(tau, mx.float32), mx.array(1.0, mx.float32))
     return tau if erg else None
 
 
@@ -309,7 +322,7 @@ class DepthwiseConv1d(nn.Module):
         w = self.weight[:, :, 0].T  # [K, C]
         y = xp[:, 0:T] * w[0]
         for k in range(1, K):
-            y = y + xp[:, k:k + T] * w[k]
+            y = y + xp[:, k : k + T] * w[k]
         return y + self.bias
 
 
@@ -325,7 +338,8 @@ class ConvLayer(nn.Module):
 
 
 class GLUMBConv(nn.Module):
-    """Feed-forward: 1x1 conv (D -> 2H) + SiLU, depthwise conv k3, `a * silu(g)`, 1x1 conv (H -> D)."""
+    """Feed-forward: 1x1 conv (D -> 2H) + SiLU, depthwise conv k3, `a * silu(g)`, 1x1 conv
+    (H -> D)."""
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
@@ -337,7 +351,7 @@ class GLUMBConv(nn.Module):
     def __call__(self, x: mx.array) -> mx.array:
         x = nn.silu(self.inverted_conv(x))
         x = self.depth_conv(x)
-        a, gate = x[..., :self.hidden], x[..., self.hidden:]
+        a, gate = x[..., : self.hidden], x[..., self.hidden :]
         return self.point_conv(a * nn.silu(gate))
 
 
@@ -362,8 +376,13 @@ class LinearSelfAttention(nn.Module):
         self.to_v = nn.Linear(dim, dim)
         self.to_out = [nn.Linear(dim, dim)]
 
-    def __call__(self, h: mx.array, mask: mx.array, rope: tuple[mx.array, mx.array],
-                 q_scale: float | mx.array | None = None) -> mx.array:
+    def __call__(
+        self,
+        h: mx.array,
+        mask: mx.array,
+        rope: tuple[mx.array, mx.array],
+        q_scale: float | mx.array | None = None,
+    ) -> mx.array:
         """h [B, T, D]; mask [B, T] in h's dtype (multiplies q, k, v per position)."""
         dtype = h.dtype
         q = self.to_q(h)
@@ -399,16 +418,30 @@ class CrossAttention(nn.Module):
         self.to_v = nn.Linear(dim, dim)
         self.to_out = [nn.Linear(dim, dim)]
 
-    def __call__(self, x: mx.array, context: mx.array, mask: mx.array,
-                 rope_q: tuple[mx.array, mx.array], rope_k: tuple[mx.array, mx.array],
-                 q_scale: float | mx.array | None = None) -> mx.array:
-        """x [B, T, D], context [B, L, D], mask [B, 1, T, L] additive (0 = attend, -inf = not)."""
+    def project_context(
+        self, context: mx.array, rope_k: tuple[mx.array, mx.array]
+    ) -> tuple[mx.array, mx.array]:
+        """Keys (with RoPE on the encoder grid) and values [B, H, L, Dh] of the encoder states;
+        they do not depend on the latents, so a sampler can compute them once per generation."""
+        k = rope_apply(_split_heads(self.to_k(context), self.heads), *rope_k)
+        v = _split_heads(self.to_v(context), self.heads)
+        return k, v
+
+    def __call__(
+        self,
+        x: mx.array,
+        context_kv: tuple[mx.array, mx.array],
+        mask: mx.array,
+        rope_q: tuple[mx.array, mx.array],
+        q_scale: float | mx.array | None = None,
+    ) -> mx.array:
+        """x [B, T, D], context_kv from `project_context`, mask [B, 1, T, L] additive
+        (0 = attend, -inf = not)."""
         q = self.to_q(x)
         if q_scale is not None:
             q = scale_like_torch(q, q_scale)
         q = rope_apply(_split_heads(q, self.heads), *rope_q)
-        k = rope_apply(_split_heads(self.to_k(context), self.heads), *rope_k)
-        v = _split_heads(self.to_v(context), self.heads)
+        k, v = context_kv
         scale = 1.0 / math.sqrt(q.shape[-1])
         out = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
         return self.to_out[0](_merge_heads(out).astype(q.dtype))
@@ -424,17 +457,24 @@ class LinearTransformerBlock(nn.Module):
         self.cross_attn = CrossAttention(dim, heads)
         self.ff = GLUMBConv(dim, ff_hidden)
 
-    def __call__(self, x: mx.array, temb: mx.array, mask: mx.array, context: mx.array,
-                 cross_mask: mx.array, rope_x: tuple[mx.array, mx.array],
-                 rope_enc: tuple[mx.array, mx.array],
-                 q_scale: float | mx.array | None = None) -> mx.array:
+    def __call__(
+        self,
+        x: mx.array,
+        temb: mx.array,
+        mask: mx.array,
+        context_kv: tuple[mx.array, mx.array],
+        cross_mask: mx.array,
+        rope_x: tuple[mx.array, mx.array],
+        q_scale: float | mx.array | None = None,
+    ) -> mx.array:
         B, _, D = x.shape
         mods = self.scale_shift_table[None] + temb.reshape(B, 6, D)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
-            mods[:, i:i + 1] for i in range(6))
+            mods[:, i : i + 1] for i in range(6)
+        )
         h = rms_norm(x) * (1 + scale_msa) + shift_msa
         x = gate_msa * self.attn(h, mask, rope_x, q_scale) + x
-        x = self.cross_attn(x, context, cross_mask, rope_x, rope_enc, q_scale) + x
+        x = self.cross_attn(x, context_kv, cross_mask, rope_x, q_scale) + x
         h = rms_norm(x) * (1 + scale_mlp) + shift_mlp
         return x + gate_mlp * self.ff(h)
 
@@ -493,13 +533,19 @@ class ACEStepTransformer(nn.Module):
         self.lyric_encoder = ConformerEncoder(config.lyric_encoder_config())
         self.lyric_proj = nn.Linear(config.lyric_hidden_size, D)
         self.projectors = [
-            [nn.Linear(D, 2 * D), nn.SiLU(), nn.Linear(2 * D, 2 * D), nn.SiLU(),
-             nn.Linear(2 * D, ssl_dim)]
+            [
+                nn.Linear(D, 2 * D),
+                nn.SiLU(),
+                nn.Linear(2 * D, 2 * D),
+                nn.SiLU(),
+                nn.Linear(2 * D, ssl_dim),
+            ]
             for ssl_dim in config.ssl_latent_dims
         ]
         self.proj_in = PatchEmbed(config.in_channels, D, p)
         self.final_layer = T2IFinalLayer(D, p, config.out_channels)
         self._inv_freq = mx.array(rope_inv_freq(config.attention_head_dim, config.rope_theta))
+        self._time_freqs = mx.array(timestep_frequencies(TIME_PROJ_CHANNELS))
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -514,34 +560,47 @@ class ACEStepTransformer(nn.Module):
 
     # -- conditions -----------------------------------------------------------------------
 
-    def _lyric_states(self, lyric_token_idx, lyric_mask, erg_lyric: bool | mx.array
-                      ) -> tuple[mx.array, mx.array, mx.array]:
+    def _lyric_states(
+        self, lyric_token_idx, lyric_mask, erg_lyric: bool | mx.array
+    ) -> tuple[mx.array, mx.array, mx.array]:
         """-> (lyric_embs, conformer output, lyric_proj output)."""
         ids = _as_array(lyric_token_idx)
         mask = _as_array(lyric_mask)
         if ids.ndim != 2 or mask.shape != ids.shape:
-            raise ValueError(f"lyric_token_idx and lyric_mask must both be [B, L], got "
-                             f"{list(ids.shape)} and {list(mask.shape)}")
+            raise ValueError(
+                f"lyric_token_idx and lyric_mask must both be [B, L], got "
+                f"{list(ids.shape)} and {list(mask.shape)}"
+            )
         if not mx.issubdtype(ids.dtype, mx.integer):
             raise ValueError(f"lyric_token_idx must hold integer token ids, got {ids.dtype}")
         tau = _per_item_scale(erg_lyric, ids.shape[0], ERG_TAU)
         erg_layers = ERG_LYRIC_LAYERS if tau is not None else ()
         if erg_layers and len(self.lyric_encoder.encoders) <= max(erg_layers):
-            raise ValueError(f"ERG on the lyric encoder needs layers {ERG_LYRIC_LAYERS}; this "
-                             f"model has {len(self.lyric_encoder.encoders)}")
+            raise ValueError(
+                f"ERG on the lyric encoder needs layers {ERG_LYRIC_LAYERS}; this "
+                f"model has {len(self.lyric_encoder.encoders)}"
+            )
         embs = self.lyric_embs(ids)
         enc, _ = self.lyric_encoder(embs, mask, erg_layers, 1.0 if tau is None else tau)
         return embs, enc, self.lyric_proj(enc)
 
-    def forward_lyric_encoder(self, lyric_token_idx: mx.array, lyric_mask: mx.array,
-                              erg_lyric: bool | mx.array = False) -> mx.array:
+    def forward_lyric_encoder(
+        self, lyric_token_idx: mx.array, lyric_mask: mx.array, erg_lyric: bool | mx.array = False
+    ) -> mx.array:
         """lyric ids [B, Ll] + mask -> lyric states [B, Ll, D] (`lyric_embs` -> Conformer ->
         `lyric_proj`). `erg_lyric`: ERG on lyric-encoder layers 4, 5 (bool, or [B] per item)."""
         return self._lyric_states(lyric_token_idx, lyric_mask, erg_lyric)[2]
 
-    def encode(self, encoder_text_hidden_states: mx.array, text_attention_mask: mx.array,
-               speaker_embeds: mx.array, lyric_token_idx: mx.array, lyric_mask: mx.array,
-               erg_lyric: bool | mx.array = False, return_intermediates: bool = False):
+    def encode(
+        self,
+        encoder_text_hidden_states: mx.array,
+        text_attention_mask: mx.array,
+        speaker_embeds: mx.array,
+        lyric_token_idx: mx.array,
+        lyric_mask: mx.array,
+        erg_lyric: bool | mx.array = False,
+        return_intermediates: bool = False,
+    ):
         """-> (encoder states [B, 1+Lt+Ll, D], mask [B, 1+Lt+Ll] float32).
 
         Computed once per generation and reused by every `decode` step. `erg_lyric` applies
@@ -553,37 +612,57 @@ class ACEStepTransformer(nn.Module):
         text_mask = _as_array(text_attention_mask)
         spk_in = _as_array(speaker_embeds)
         if text.ndim != 3 or text_mask.shape != text.shape[:2]:
-            raise ValueError("encoder_text_hidden_states must be [B, Lt, text_embedding_dim] and "
-                             f"text_attention_mask [B, Lt]; got {list(text.shape)} and "
-                             f"{list(text_mask.shape)}")
+            raise ValueError(
+                "encoder_text_hidden_states must be [B, Lt, text_embedding_dim] and "
+                f"text_attention_mask [B, Lt]; got {list(text.shape)} and "
+                f"{list(text_mask.shape)}"
+            )
         B = text.shape[0]
         if spk_in.shape != (B, self.config.speaker_embedding_dim):
-            raise ValueError(f"speaker_embeds must be [B, {self.config.speaker_embedding_dim}] "
-                             f"with B = {B}, got {list(spk_in.shape)}")
+            raise ValueError(
+                f"speaker_embeds must be [B, {self.config.speaker_embedding_dim}] "
+                f"with B = {B}, got {list(spk_in.shape)}"
+            )
         spk = self.speaker_embedder(spk_in.astype(dtype))
         txt = self.genre_embedder(text.astype(dtype))
         lyric_embs, lyr_enc, lyr = self._lyric_states(lyric_token_idx, lyric_mask, erg_lyric)
         if lyr.shape[0] != B:
             raise ValueError(f"lyric batch {lyr.shape[0]} differs from the text batch {B}")
         states = mx.concatenate([spk[:, None], txt, lyr], axis=1)
-        mask = mx.concatenate([
-            mx.ones((B, 1), mx.float32),
-            text_mask.astype(mx.float32),
-            _as_array(lyric_mask).astype(mx.float32),
-        ], axis=1)
+        mask = mx.concatenate(
+            [
+                mx.ones((B, 1), mx.float32),
+                text_mask.astype(mx.float32),
+                _as_array(lyric_mask).astype(mx.float32),
+            ],
+            axis=1,
+        )
         if return_intermediates:
-            parts = {"speaker_embedder": spk, "genre_embedder": txt, "lyric_embs": lyric_embs,
-                     "lyric_encoder_out": lyr_enc, "lyric_proj": lyr}
+            parts = {
+                "speaker_embedder": spk,
+                "genre_embedder": txt,
+                "lyric_embs": lyric_embs,
+                "lyric_encoder_out": lyr_enc,
+                "lyric_proj": lyr,
+            }
             return states, mask, parts
         return states, mask
 
     # -- one step -------------------------------------------------------------------------
 
-    def decode(self, hidden_states: mx.array, attention_mask: mx.array,
-               encoder_hidden_states: mx.array, encoder_hidden_mask: mx.array,
-               timestep: mx.array | float, erg_diffusion: bool | mx.array = False,
-               ssl_hidden_states: list | None = None, output_length: int | None = None,
-               return_intermediates: bool = False) -> mx.array | DecodeOutput:
+    def decode(
+        self,
+        hidden_states: mx.array,
+        attention_mask: mx.array,
+        encoder_hidden_states: mx.array,
+        encoder_hidden_mask: mx.array,
+        timestep: mx.array | float,
+        erg_diffusion: bool | mx.array = False,
+        ssl_hidden_states: list | None = None,
+        output_length: int | None = None,
+        return_intermediates: bool = False,
+        encoder_kv: list[tuple[mx.array, mx.array]] | None = None,
+    ) -> mx.array | DecodeOutput:
         """One velocity prediction.
 
         hidden_states [B, 8, 16, T] (PyTorch layout), attention_mask [B, T] (1 = frame),
@@ -593,6 +672,8 @@ class ACEStepTransformer(nn.Module):
         `ssl_hidden_states`: per projector a list of per-item SSL features [T_ssl, d] (or None)
         for the REPA losses. Returns the sample [B, 8, 16, output_length (default T)], or a
         `DecodeOutput` when `ssl_hidden_states` is given or `return_intermediates` is set.
+        `encoder_kv`: `precompute_encoder_kv(encoder_hidden_states)`, reused across steps (the
+        same numbers as recomputing them here).
         """
         cfg = self.config
         dtype = self.dtype
@@ -600,30 +681,35 @@ class ACEStepTransformer(nn.Module):
         if x.ndim != 4 or x.shape[1] != cfg.in_channels or x.shape[2] != cfg.patch_size[0]:
             raise ValueError(
                 f"hidden_states must be [B, {cfg.in_channels}, {cfg.patch_size[0]}, T] (PyTorch "
-                f"layout), got {list(x.shape)}")
+                f"layout), got {list(x.shape)}"
+            )
         B, _, _, T = x.shape
         x = x.astype(dtype)
         attention_mask = _as_array(attention_mask)
         if attention_mask.shape != (B, T):
-            raise ValueError(f"attention_mask must be [B, T] = [{B}, {T}], got "
-                             f"{list(attention_mask.shape)}")
+            raise ValueError(
+                f"attention_mask must be [B, T] = [{B}, {T}], got {list(attention_mask.shape)}"
+            )
         context = _as_array(encoder_hidden_states).astype(dtype)
         enc_mask = _as_array(encoder_hidden_mask)
         if context.ndim != 3 or context.shape[0] != B or enc_mask.shape != context.shape[:2]:
             raise ValueError(
                 f"encoder_hidden_states [B, L, D] and encoder_hidden_mask [B, L] must match the "
-                f"batch {B}; got {list(context.shape)} and {list(enc_mask.shape)}")
+                f"batch {B}; got {list(context.shape)} and {list(enc_mask.shape)}"
+            )
         t = _as_array(timestep).astype(mx.float32)
         t = mx.broadcast_to(t.reshape(-1), (B,)) if t.size in (1, B) else t
         if t.shape != (B,):
             raise ValueError(f"timestep must be a scalar or [B] = [{B}], got {list(t.shape)}")
         q_scale = _per_item_scale(erg_diffusion, B, ERG_TAU)
         if q_scale is not None and cfg.num_layers <= max(ERG_DIFFUSION_BLOCKS):
-            raise ValueError(f"ERG diffusion needs blocks {ERG_DIFFUSION_BLOCKS}; this model has "
-                             f"{cfg.num_layers}")
+            raise ValueError(
+                f"ERG diffusion needs blocks {ERG_DIFFUSION_BLOCKS}; this model has "
+                f"{cfg.num_layers}"
+            )
 
         inter: dict[str, mx.array] = {}
-        time_proj = timestep_sinusoid(t)
+        time_proj = timestep_sinusoid(t, self._time_freqs)
         emb = self.timestep_embedder(time_proj.astype(dtype))
         temb = self.t_block[1](self.t_block[0](emb))
         h = self.proj_in(x)
@@ -631,17 +717,24 @@ class ACEStepTransformer(nn.Module):
             inter.update(time_proj=time_proj, timestep_embedder=emb, t_block=temb, proj_in=h)
 
         rope_x = self.rope(T)
-        rope_enc = self.rope(context.shape[1])
+        if encoder_kv is None:
+            encoder_kv = self.precompute_encoder_kv(context)
+        elif len(encoder_kv) != len(self.transformer_blocks):
+            raise ValueError(
+                f"encoder_kv has {len(encoder_kv)} entries, the model {cfg.num_layers} blocks; "
+                "make it with precompute_encoder_kv"
+            )
         mask = attention_mask.astype(dtype)
-        combined = (attention_mask.astype(mx.float32)[:, :, None]
-                    * enc_mask.astype(mx.float32)[:, None, :])
+        combined = (
+            attention_mask.astype(mx.float32)[:, :, None] * enc_mask.astype(mx.float32)[:, None, :]
+        )
         # additive 0 / -inf like the original: a row with no allowed key gives NaN there too
         cross_mask = mx.where(combined == 1, 0.0, -mx.inf).astype(dtype)[:, None]  # [B,1,T,L]
 
         saved: list[mx.array] = []
         for i, block in enumerate(self.transformer_blocks):
             scale = q_scale if i in ERG_DIFFUSION_BLOCKS else None
-            h = block(h, temb, mask, context, cross_mask, rope_x, rope_enc, scale)
+            h = block(h, temb, mask, encoder_kv[i], cross_mask, rope_x, scale)
             if return_intermediates:
                 inter[f"transformer_blocks.{i}"] = h
             saved.extend(h for depth in cfg.ssl_encoder_depths if depth == i)
@@ -657,12 +750,28 @@ class ACEStepTransformer(nn.Module):
             return out
         return DecodeOutput(out, proj_losses, inter)
 
-    def repa_losses(self, inner: list[mx.array], ssl_hidden_states: list
-                    ) -> list[tuple[str, mx.array]]:
-        """REPA: project block outputs, interpolate to each SSL length, mean(1 - cos) (spec 10.5)."""
+    def precompute_encoder_kv(
+        self, encoder_hidden_states: mx.array
+    ) -> list[tuple[mx.array, mx.array]]:
+        """Per block, the cross-attention keys/values of the encoder states (lazy arrays).
+
+        Pass the result as `decode(..., encoder_kv=...)` to skip recomputing them every step.
+        """
+        context = _as_array(encoder_hidden_states).astype(self.dtype)
+        rope_enc = self.rope(context.shape[1])
+        return [
+            blk.cross_attn.project_context(context, rope_enc) for blk in self.transformer_blocks
+        ]
+
+    def repa_losses(
+        self, inner: list[mx.array], ssl_hidden_states: list
+    ) -> list[tuple[str, mx.array]]:
+        """REPA: project block outputs, interpolate to each SSL length, mean(1 - cos) (spec
+        10.5). Losses are summed over items and divided by B."""
         losses = []
-        for state, projector, ssl, name in zip(inner, self.projectors, ssl_hidden_states,
-                                               self.config.ssl_names, strict=False):
+        for state, projector, ssl, name in zip(
+            inner, self.projectors, ssl_hidden_states, self.config.ssl_names, strict=False
+        ):
             if ssl is None:
                 continue
             z_hat = state
@@ -676,23 +785,45 @@ class ACEStepTransformer(nn.Module):
                 lam = mx.array(lam)[:, None].astype(z_hat.dtype)
                 zt = z_hat[b]
                 zt = (1 - lam) * zt[mx.array(i0)] + lam * zt[mx.array(i1)]
-                total = total + cosine_embedding_loss(l2_normalize(z.astype(zt.dtype)),
-                                                      l2_normalize(zt))
+                total = total + cosine_embedding_loss(
+                    l2_normalize(z.astype(zt.dtype)), l2_normalize(zt)
+                )
             losses.append((name, total / B))
         return losses
 
-    def __call__(self, hidden_states: mx.array, attention_mask: mx.array,
-                 encoder_text_hidden_states: mx.array, text_attention_mask: mx.array,
-                 speaker_embeds: mx.array, lyric_token_idx: mx.array, lyric_mask: mx.array,
-                 timestep: mx.array | float, ssl_hidden_states: list | None = None,
-                 erg_lyric: bool | mx.array = False, erg_diffusion: bool | mx.array = False
-                 ) -> mx.array | DecodeOutput:
+    def __call__(
+        self,
+        hidden_states: mx.array,
+        attention_mask: mx.array,
+        encoder_text_hidden_states: mx.array,
+        text_attention_mask: mx.array,
+        speaker_embeds: mx.array,
+        lyric_token_idx: mx.array,
+        lyric_mask: mx.array,
+        timestep: mx.array | float,
+        ssl_hidden_states: list | None = None,
+        erg_lyric: bool | mx.array = False,
+        erg_diffusion: bool | mx.array = False,
+    ) -> mx.array | DecodeOutput:
         """`forward` = `encode` + `decode(output_length=T)`."""
-        states, mask = self.encode(encoder_text_hidden_states, text_attention_mask,
-                                   speaker_embeds, lyric_token_idx, lyric_mask, erg_lyric)
-        return self.decode(hidden_states, attention_mask, states, mask, timestep,
-                           erg_diffusion=erg_diffusion, ssl_hidden_states=ssl_hidden_states,
-                           output_length=hidden_states.shape[-1])
+        states, mask = self.encode(
+            encoder_text_hidden_states,
+            text_attention_mask,
+            speaker_embeds,
+            lyric_token_idx,
+            lyric_mask,
+            erg_lyric,
+        )
+        return self.decode(
+            hidden_states,
+            attention_mask,
+            states,
+            mask,
+            timestep,
+            erg_diffusion=erg_diffusion,
+            ssl_hidden_states=ssl_hidden_states,
+            output_length=hidden_states.shape[-1],
+        )
 
 
 def build_dit(config: dict) -> ACEStepTransformer:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -51,16 +52,22 @@ def scale_like_torch(x: mx.array, factor: float | mx.array) -> mx.array:
     return (x.astype(mx.float32) * factor).astype(x.dtype)
 
 
-def espnet_rel_positional_encoding(length: int, width: int) -> mx.array:
+def espnet_div_term(width: int) -> np.ndarray:
+    """`exp(-2i ln(10000) / width)` in float32 (exponent float32 as upstream, exp correctly
+    rounded via float64; MLX's float32 exp is an ulp off, which long sequences amplify)."""
+    exponent = np.arange(0, width, 2, dtype=np.float32) * np.float32(-(math.log(10000.0) / width))
+    return np.exp(exponent.astype(np.float64)).astype(np.float32)
+
+
+def espnet_rel_positional_encoding(length: int, div_term: mx.array) -> mx.array:
     """ESPnet "new style" relative PE, [1, 2L-1, width] in float32.
 
     Row j holds relative position r = L-1-j (from +(L-1) down to -(L-1)):
-    `PE(r)[2i] = sin(r * w_i)`, `PE(r)[2i+1] = cos(r * w_i)`, `w_i = exp(-2i ln(10000) / width)`.
+    `PE(r)[2i] = sin(r * w_i)`, `PE(r)[2i+1] = cos(r * w_i)`, `w_i = div_term[i]`.
     """
-    div_term = mx.exp(mx.arange(0, width, 2, dtype=mx.float32) * -(math.log(10000.0) / width))
     rel = mx.arange(length - 1, -length, -1, dtype=mx.float32)
     ang = rel[:, None] * div_term[None, :]
-    pe = mx.stack([mx.sin(ang), mx.cos(ang)], axis=-1).reshape(2 * length - 1, width)
+    pe = mx.stack([mx.sin(ang), mx.cos(ang)], axis=-1).reshape(2 * length - 1, -1)
     return pe[None]
 
 
@@ -100,8 +107,13 @@ class RelPositionMultiHeadedAttention(nn.Module):
         self.pos_bias_u = mx.random.uniform(-scale, scale, (n_head, self.d_k))
         self.pos_bias_v = mx.random.uniform(-scale, scale, (n_head, self.d_k))
 
-    def __call__(self, x: mx.array, key_mask: mx.array, pos_emb: mx.array,
-                 q_scale: float | mx.array | None = None) -> mx.array:
+    def __call__(
+        self,
+        x: mx.array,
+        key_mask: mx.array,
+        pos_emb: mx.array,
+        q_scale: float | mx.array | None = None,
+    ) -> mx.array:
         """x [B, L, D], key_mask [B, L] bool (False = padding), pos_emb [1, 2L-1, D].
 
         `q_scale` multiplies the linear_q output before the u/v biases are added (ERG).
@@ -123,7 +135,8 @@ class RelPositionMultiHeadedAttention(nn.Module):
         if matrix_bd.shape[-1] != L:
             idx = rel_shift_indices(L)[None, None]
             matrix_bd = mx.take_along_axis(
-                matrix_bd, mx.broadcast_to(idx, matrix_ac.shape), axis=-1)
+                matrix_bd, mx.broadcast_to(idx, matrix_ac.shape), axis=-1
+            )
         scores = (matrix_ac + matrix_bd) / math.sqrt(d_k)
 
         keep = key_mask[:, None, None, :]
@@ -154,8 +167,13 @@ class ConformerEncoderLayer(nn.Module):
         self.norm_ff = nn.LayerNorm(size, eps=eps)
         self.norm_mha = nn.LayerNorm(size, eps=eps)
 
-    def __call__(self, x: mx.array, key_mask: mx.array, pos_emb: mx.array,
-                 q_scale: float | mx.array | None = None) -> mx.array:
+    def __call__(
+        self,
+        x: mx.array,
+        key_mask: mx.array,
+        pos_emb: mx.array,
+        q_scale: float | mx.array | None = None,
+    ) -> mx.array:
         x = x + self.self_attn(self.norm_mha(x), key_mask, pos_emb, q_scale)
         return x + self.feed_forward(self.norm_ff(x))
 
@@ -169,15 +187,23 @@ class ConformerEncoder(nn.Module):
         d = config.output_size
         self.embed = LinearEmbed(config.input_size, d, config.layer_norm_eps)
         self.encoders = [
-            ConformerEncoderLayer(d, config.attention_heads, config.linear_units,
-                                  config.layer_norm_eps)
+            ConformerEncoderLayer(
+                d, config.attention_heads, config.linear_units, config.layer_norm_eps
+            )
             for _ in range(config.num_blocks)
         ]
         self.after_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self._div_term = mx.array(espnet_div_term(d))
 
-    def __call__(self, xs: mx.array, pad_mask: mx.array, erg_layers: tuple[int, ...] = (),
-                 erg_tau: float | mx.array = 0.01) -> tuple[mx.array, mx.array]:
-        """xs [B, L, input_size], pad_mask [B, L] (nonzero = token) -> (ys [B, L, D], mask [B, 1, L]).
+    def __call__(
+        self,
+        xs: mx.array,
+        pad_mask: mx.array,
+        erg_layers: tuple[int, ...] = (),
+        erg_tau: float | mx.array = 0.01,
+    ) -> tuple[mx.array, mx.array]:
+        """xs [B, L, input_size], pad_mask [B, L] (nonzero = token) -> (ys [B, L, D],
+        mask [B, 1, L]).
 
         `erg_layers`: indices of the layers whose linear_q output is multiplied by `erg_tau`
         (ERG, upstream uses layers 4 and 5 with tau 0.01). `erg_tau` may be an array [B] to scale
@@ -186,15 +212,18 @@ class ConformerEncoder(nn.Module):
         if xs.ndim != 3 or pad_mask.shape != xs.shape[:2]:
             raise ValueError(
                 f"lyric encoder expects xs [B, L, D] and pad_mask [B, L], got {list(xs.shape)} "
-                f"and {list(pad_mask.shape)}")
+                f"and {list(pad_mask.shape)}"
+            )
         bad = [i for i in erg_layers if not 0 <= i < len(self.encoders)]
         if bad:
-            raise ValueError(f"ERG layer index {bad} out of range: the lyric encoder has "
-                             f"{len(self.encoders)} layers")
+            raise ValueError(
+                f"ERG layer index {bad} out of range: the lyric encoder has "
+                f"{len(self.encoders)} layers"
+            )
         key_mask = pad_mask.astype(mx.bool_)
         L = xs.shape[1]
         x = self.embed(xs)
-        pos_emb = espnet_rel_positional_encoding(L, self.config.output_size).astype(x.dtype)
+        pos_emb = espnet_rel_positional_encoding(L, self._div_term).astype(x.dtype)
         for j, layer in enumerate(self.encoders):
             x = layer(x, key_mask, pos_emb, erg_tau if j in erg_layers else None)
         return self.after_norm(x), key_mask[:, None, :]

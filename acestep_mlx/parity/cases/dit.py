@@ -22,9 +22,19 @@ def _ssl_inputs(ref) -> list[list[np.ndarray]]:
 
 def run(ref, ctx) -> None:
     model = ctx.load("dit", "float32")
-    inp = {k: ref.input(f"input.{k}") for k in (
-        "hidden_states", "attention_mask", "encoder_text_hidden_states", "text_attention_mask",
-        "speaker_embeds", "lyric_token_idx", "lyric_mask", "timestep")}
+    inp = {
+        k: ref.input(f"input.{k}")
+        for k in (
+            "hidden_states",
+            "attention_mask",
+            "encoder_text_hidden_states",
+            "text_attention_mask",
+            "speaker_embeds",
+            "lyric_token_idx",
+            "lyric_mask",
+            "timestep",
+        )
+    }
     T = inp["hidden_states"].shape[-1]
 
     # forward_lyric_encoder
@@ -33,30 +43,57 @@ def run(ref, ctx) -> None:
 
     # encode, with its parts
     states, mask, parts = model.encode(
-        inp["encoder_text_hidden_states"], inp["text_attention_mask"], inp["speaker_embeds"],
-        inp["lyric_token_idx"], inp["lyric_mask"], return_intermediates=True)
+        inp["encoder_text_hidden_states"],
+        inp["text_attention_mask"],
+        inp["speaker_embeds"],
+        inp["lyric_token_idx"],
+        inp["lyric_mask"],
+        return_intermediates=True,
+    )
     for name, value in parts.items():
         ref.check(f"intermediate.encode.{name}", _np(value))
     ref.check("output.encode.encoder_hidden_states", _np(states))
     ref.check("output.encode.encoder_hidden_mask", _np(mask))
 
     # decode on the port's own encoder states, with every intermediate
-    out = model.decode(inp["hidden_states"], inp["attention_mask"], states, mask, inp["timestep"],
-                       output_length=T, return_intermediates=True)
+    out = model.decode(
+        inp["hidden_states"],
+        inp["attention_mask"],
+        states,
+        mask,
+        inp["timestep"],
+        output_length=T,
+        return_intermediates=True,
+    )
     for name, value in out.intermediates.items():
         ref.check(f"intermediate.decode.{name}", _np(value))
     ref.check("output.decode.sample", _np(out.sample))
 
     # forward = encode + decode in one call
-    sample = model(inp["hidden_states"], inp["attention_mask"], inp["encoder_text_hidden_states"],
-                   inp["text_attention_mask"], inp["speaker_embeds"], inp["lyric_token_idx"],
-                   inp["lyric_mask"], inp["timestep"])
+    sample = model(
+        inp["hidden_states"],
+        inp["attention_mask"],
+        inp["encoder_text_hidden_states"],
+        inp["text_attention_mask"],
+        inp["speaker_embeds"],
+        inp["lyric_token_idx"],
+        inp["lyric_mask"],
+        inp["timestep"],
+    )
     ref.check("output.forward.sample", _np(sample))
 
     # forward with injected SSL features -> REPA projection losses
-    res = model(inp["hidden_states"], inp["attention_mask"], inp["encoder_text_hidden_states"],
-                inp["text_attention_mask"], inp["speaker_embeds"], inp["lyric_token_idx"],
-                inp["lyric_mask"], inp["timestep"], ssl_hidden_states=_ssl_inputs(ref))
+    res = model(
+        inp["hidden_states"],
+        inp["attention_mask"],
+        inp["encoder_text_hidden_states"],
+        inp["text_attention_mask"],
+        inp["speaker_embeds"],
+        inp["lyric_token_idx"],
+        inp["lyric_mask"],
+        inp["timestep"],
+        ssl_hidden_states=_ssl_inputs(ref),
+    )
     ref.check("output.forward_ssl.sample", _np(res.sample))
     for name, loss in res.proj_losses:
         key = f"output.forward_ssl.proj_loss.{name}"
