@@ -263,7 +263,7 @@ def text2music_steps(
             if scheduler_type == "pingpong":
                 noise = rand.sde(target.shape, mx.float32)
             prev = scheduler.step(v, t, target, omega=omega_scale, noise=noise)
-            step_arrays = {"model_output": v, "timestep": mx.array(t, dtype=mx.float32),
+            step_arrays = {"model_output": v, "timestep": mx.array([t], dtype=mx.float32),
                            "prev_sample": prev}
             if noise is not None:
                 step_arrays["pingpong_noise"] = noise

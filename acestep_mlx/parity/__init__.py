@@ -194,8 +194,8 @@ class ParityContext:
         return self._models[key]
 
     def reference_names(self) -> list[str]:
-        return sorted(p.stem for p in (self.fixture_dir / "reference").iterdir()
-                      if p.suffix in (".safetensors", ".json"))
+        return sorted({p.stem for p in (self.fixture_dir / "reference").iterdir()
+                       if p.suffix in (".safetensors", ".json")})
 
     def close(self) -> None:
         if self._tmp is not None:

@@ -123,9 +123,14 @@ def run(ref, ctx) -> None:
             ref.check(name, rec.tensors[name], atol=final_tol[0], rtol=final_tol[1])
         else:
             ref.check(name, rec.tensors[name])
+    # the fixtures store an input once when two calls received the same tensor
+    for alias, stored in (info.get("decode_inputs_identical_to") or {}).items():
+        if alias in rec.tensors:
+            ref.check(stored, rec.tensors.pop(alias), note=f"as {alias}")
     extra = sorted(set(rec.tensors) - set(ref.tensors))
     if extra:
-        ref.check_value("extra calls", extra, [], note="the port made calls the original did not")
+        ref.check_value("extra calls", extra, [],
+                        note=f"the port recorded {', '.join(extra[:5])} that the original did not")
 
 
 def _dit_forward(pipe, ctx) -> np.ndarray:
