@@ -198,30 +198,48 @@ def text2music_steps(
     momentum = G.MomentumBuffer()
     enc_c, m_c, enc_u, enc_t = encoder_states(dit, cond, use_erg_lyric, do_double, trace)
 
-    def decode(z, t_arr, states, erg=False):
-        out = dit.decode(z, attention_mask, states, m_c, t_arr, erg_diffusion=erg)
+    # cross-attention keys/values of the encoder states: computed once, reused every step
+    precompute = getattr(dit, "precompute_encoder_kv", None)
+    branches = [(enc_c, False)]
+    if do_double and enc_t is not None:
+        branches.append((enc_t, False))
+    branches.append((enc_u, use_erg_diffusion))
+    n_br = len(branches)
+    kv = {}
+
+    def encoder_kv(key, states):
+        if precompute is None:
+            return {}
+        if key not in kv:
+            kv[key] = precompute(states)
+        return {"encoder_kv": kv[key]}
+
+    def decode(z, t_arr, key, states, erg=False):
+        out = dit.decode(z, attention_mask, states, m_c, t_arr, erg_diffusion=erg,
+                         **encoder_kv(key, states))
         trace("decode", hidden_states=z, timestep=t_arr, sample=out)
         return out
 
     def decode_guided(z, t_arr):
         """cond, [text-only], uncond velocities; one batched DiT call when `batch_guidance`."""
-        branches = [(enc_c, False)]
-        if do_double and enc_t is not None:
-            branches.append((enc_t, False))
-        branches.append((enc_u, use_erg_diffusion))
         if not batch_guidance:
-            return [decode(z, t_arr, st, erg) for st, erg in branches]
-        n = len(branches)
-        states = mx.concatenate([st for st, _ in branches], axis=0)
+            return [decode(z, t_arr, f"branch{k}", st, erg)
+                    for k, (st, erg) in enumerate(branches)]
+        if "guided" not in kv:
+            guided_states[0] = mx.concatenate([st for st, _ in branches], axis=0)
+        states = guided_states[0]
         erg = mx.array([e for _, e in branches for _ in range(bsz)])
-        out = dit.decode(mx.concatenate([z] * n, axis=0), mx.concatenate([attention_mask] * n),
-                         states, mx.concatenate([m_c] * n), mx.concatenate([t_arr] * n),
-                         erg_diffusion=erg if use_erg_diffusion else False)
-        outs = [out[k * bsz:(k + 1) * bsz] for k in range(n)]
+        out = dit.decode(mx.concatenate([z] * n_br, axis=0),
+                         mx.concatenate([attention_mask] * n_br), states,
+                         mx.concatenate([m_c] * n_br), mx.concatenate([t_arr] * n_br),
+                         erg_diffusion=erg if use_erg_diffusion else False,
+                         **encoder_kv("guided", states))
+        outs = [out[k * bsz:(k + 1) * bsz] for k in range(n_br)]
         for o in outs:
             trace("decode", hidden_states=z, timestep=t_arr, sample=o)
         return outs
 
+    guided_states: list = [None]
     ts = [float(t) for t in np.asarray(timesteps)]
     executed = [i for i in range(len(ts)) if not (is_repaint and i < n_min)]
     for n_done, i in enumerate(executed):
@@ -250,7 +268,7 @@ def text2music_steps(
             else:
                 raise ValueError(f"unknown cfg_type {cfg_type!r}; choose apg, cfg or cfg_star")
         else:
-            v = decode(target, t_arr, enc_c)
+            v = decode(target, t_arr, "branch0", enc_c)
 
         if is_repaint:
             t_i = _f32(t) / np.float32(1000)

@@ -50,6 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "whole path in seconds, but the output is noise, not music")
     g.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
                    help="compute dtype (default: bfloat16 on Apple GPUs, float32 elsewhere)")
+    g.add_argument("--low-memory", action="store_true",
+                   help="load each stage's weights only while it runs (text encoder, DiT, "
+                   "decoder): slower start of each stage, much lower peak memory (16 GB Macs)")
+    g.add_argument("--chunked-decode", choices=("auto", "on", "off"), default="auto",
+                   help="bounded-memory decoding in overlapping windows (auto: above 48 s)")
+    g.add_argument("--overlapped-decode", action="store_true",
+                   help="the original's overlapped decode above 48 s (instead of chunked)")
+    g.add_argument("--cache-limit-gb", type=float, default=None,
+                   help="cap MLX's buffer cache (GB)")
     g.add_argument("--cache-dir", default=None,
                    help="where converted weights go (default $ACESTEP_MLX_CACHE or "
                    "~/.cache/acestep_mlx)")
@@ -199,9 +208,10 @@ def pipeline_kwargs(args: argparse.Namespace) -> dict:
             raise ValueError("extend needs --extend-left and/or --extend-right (seconds)")
         if not args.src_audio_path:
             raise ValueError("extend needs --src-audio")
-        from .audio.io import audio_duration
+        from .audio.io import load_audio
 
-        src = audio_duration(args.src_audio_path)
+        wave, rate = load_audio(args.src_audio_path)
+        src = wave.shape[-1] / rate
         kw["repaint_start"] = -args.extend_left
         # the original measures the right extension after adding the left one (a quirk the
         # pipeline keeps for parity); adding the left length here gives the lengths asked for
@@ -241,9 +251,17 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         t0 = time.perf_counter()
-        pipe = ACEStepPipeline.from_pretrained(checkpoint, dtype=args.dtype,
-                                               cache_dir=args.cache_dir)
+        pipe = ACEStepPipeline.from_pretrained(
+            checkpoint, dtype=args.dtype, cache_dir=args.cache_dir, low_memory=args.low_memory,
+            overlapped_decode=args.overlapped_decode,
+            chunked_decode={"auto": None, "on": True, "off": False}[args.chunked_decode],
+            cache_limit_gb=args.cache_limit_gb)
         t_load = time.perf_counter() - t0
+        from .memory import estimate
+
+        est = estimate(pipe, kw["audio_duration"], kw["batch_size"],
+                       guided=kw["guidance_scale"] not in (0.0, 1.0))
+        print(est.message(), file=sys.stderr)
         bar = tqdm(total=kw["infer_step"], desc="diffusion", unit="step")
 
         def progress(ev) -> None:

@@ -27,7 +27,7 @@ import mlx.core as mx
 import numpy as np
 
 from . import diffusion as D
-from .checkpoint import load_component, resolve_checkpoint
+from .checkpoint import converted_component_dir, load_component, resolve_checkpoint
 from .noise import Randomness, parse_seeds
 
 TASKS = ("text2music", "retake", "repaint", "extend", "edit", "audio2audio")
@@ -169,8 +169,19 @@ class ACEStepPipeline:
     """The ACE-Step v1 models on MLX, with the original's `__call__`."""
 
     def __init__(self, checkpoint_dir: str | os.PathLike, dtype: str | None = None,
-                 cache_dir: str | os.PathLike | None = None, verbose: bool = True):
+                 cache_dir: str | os.PathLike | None = None, verbose: bool = True, *,
+                 low_memory: bool = False, overlapped_decode: bool = False,
+                 chunked_decode: bool | None = None, cache_limit_gb: float | None = None):
+        """`low_memory`: load each stage's weights only while it runs (text encoder, DiT,
+        codec), for 16 GB Macs. `overlapped_decode`: the original's windowed decode above 48 s.
+        `chunked_decode`: bounded-memory decode (None = automatic above 48 s).
+        `cache_limit_gb`: cap MLX's buffer cache."""
         self.checkpoint_dir = Path(checkpoint_dir)
+        self.low_memory = low_memory
+        self.overlapped_decode = overlapped_decode
+        self.chunked_decode = chunked_decode
+        if cache_limit_gb is not None:
+            mx.set_cache_limit(int(cache_limit_gb * 1024**3))
         self.dtype_name = dtype or default_dtype()
         if self.dtype_name not in ("float32", "bfloat16"):
             raise ValueError("dtype must be 'float32' or 'bfloat16'")
@@ -184,12 +195,29 @@ class ACEStepPipeline:
     @classmethod
     def from_pretrained(cls, path_or_repo_id: str | os.PathLike | None = None,
                         dtype: str | None = None, cache_dir: str | os.PathLike | None = None,
-                        verbose: bool = True, lazy: bool = False) -> ACEStepPipeline:
-        """Resolve (download if needed), convert on first use, and load the models."""
-        pipe = cls(resolve_checkpoint(path_or_repo_id), dtype, cache_dir, verbose)
-        if not lazy:
+                        verbose: bool = True, lazy: bool = False, **options) -> ACEStepPipeline:
+        """Resolve (download if needed), convert on first use, and load the models.
+
+        `options` are the constructor's (low_memory, overlapped_decode, chunked_decode,
+        cache_limit_gb). With low_memory the models load stage by stage during a call."""
+        pipe = cls(resolve_checkpoint(path_or_repo_id), dtype, cache_dir, verbose, **options)
+        if lazy or pipe.low_memory:
+            # still convert everything now, so the first call does not stop to convert
+            for name in ("text_encoder", "dit", "dcae", "vocoder"):
+                converted_component_dir(pipe.checkpoint_dir, name, pipe.dtype_name,
+                                        cache_dir, verbose)
+        else:
             pipe.load()
         return pipe
+
+    def _release(self, *names: str) -> None:
+        """Drop stage weights (low_memory mode) and return MLX's cached buffers."""
+        if self.low_memory:
+            for name in names:
+                if name == "_dit" and self.lora is not None:
+                    self.lora = None  # re-applied with the next model load
+                setattr(self, name, None)
+        mx.clear_cache()
 
     # ---------------------------------------------------------------- components
     def _load(self, component: str):
@@ -355,7 +383,8 @@ class ACEStepPipeline:
 
         t_start = time.perf_counter()
         yield Progress("preprocess", 0, 1, "loading models")
-        self._apply_lora(lora_name_or_path, lora_weight)
+        if not self.low_memory:
+            self._apply_lora(lora_name_or_path, lora_weight)
         t_load = time.perf_counter()
         seeds = parse_seeds(manual_seeds, batch_size)
         rseeds = parse_seeds(retake_seeds, batch_size)
@@ -385,12 +414,17 @@ class ACEStepPipeline:
                    f"{left:g} s, right {right:g} s): pass repaint_start = -left seconds and "
                    "repaint_end = source length + right seconds")
         mx.eval(cond.text, cond.text_mask)
+        if task == "edit":
+            tar = self._conditions(edit_target_prompt, edit_target_lyrics, batch_size, False,
+                                   trace, idx=1)
+            mx.eval(tar.text)
+        self._release("_text_encoder", "_codec")
+        if self.low_memory:
+            self._apply_lora(lora_name_or_path, lora_weight)
         t_pre = time.perf_counter()
         yield Progress("preprocess", 1, 1, "conditions ready")
 
         if task == "edit":
-            tar = self._conditions(edit_target_prompt, edit_target_lyrics, batch_size, False,
-                                   trace, idx=1)
             gen = D.flowedit_steps(
                 self.dit, cond, tar, src_latents, rand, infer_steps=infer_step,
                 guidance_scale=guidance_scale, n_min=edit_n_min, n_max=edit_n_max,
@@ -425,8 +459,14 @@ class ACEStepPipeline:
         mx.eval(latents)
         t_diff = time.perf_counter()
 
+        self._release("_dit")
         yield Progress("decode", 0, 1, "decoding audio")
-        waves = self.codec.decode(latents, sample_rate=SAMPLE_RATE)
+        seconds = latents.shape[-1] * 4096 / 44100
+        chunked = self.chunked_decode if self.chunked_decode is not None else seconds > 48
+        overlapped = self.overlapped_decode and audio_duration > 48
+        waves = self.codec.decode(latents, sample_rate=SAMPLE_RATE, overlapped=overlapped,
+                                  chunked=chunked and not overlapped)
+        self._release("_codec")
         waves = [np.asarray(w, dtype=np.float32) for w in waves]
         for i, w in enumerate(waves):
             trace(f"waveform_48k.{i}", wave=w)
@@ -554,6 +594,9 @@ def _atomic_write_text(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         if path.exists():
             raise FileExistsError(f"{path} appeared while writing; not overwriting it")
         os.replace(tmp, path)
