@@ -15,7 +15,8 @@ Deviations from the original (marked DEVIATION in the code, listed in docs/devia
 * edit with the PingPong scheduler: the first FlowEdit phase updates the edited latent (upstream
   computes the update and drops it, so the latent never changes);
 * a guidance decay with a guidance interval of one step is a clear error (upstream divides by 0);
-* edit with batch_size > 1 edits the same source for every item (upstream fails).
+* edit with batch_size > 1 edits the same source for every item (upstream fails);
+* extend by more than the source's length draws the missing noise (upstream fails).
 """
 
 from __future__ import annotations
@@ -181,7 +182,8 @@ def text2music_steps(
             zt_edit = x0
         else:
             (x0, z0, repaint_mask, frame_length, tail_frames,
-             head_frames) = _extend_setup(src_latents, target, retake, start_f, end_f, dtype)
+             head_frames) = _extend_setup(src_latents, target, retake, start_f, end_f, dtype,
+                                          rand)
             zt_edit = x0
 
     if audio2audio_enable and ref_latents is not None:
@@ -302,7 +304,7 @@ def _f32(x) -> np.float32:
     return np.float32(x)
 
 
-def _extend_setup(src, target, retake, start_f, end_f, dtype):
+def _extend_setup(src, target, retake, start_f, end_f, dtype, rand):
     """Window, mask and start noise of an extension (left and/or right), capped at 240 s."""
     gt = src
     src_len = gt.shape[-1]
@@ -340,6 +342,13 @@ def _extend_setup(src, target, retake, start_f, end_f, dtype):
     if right > 0:
         mask = mask | (idx >= frame_length - right)
     repaint_mask = mx.broadcast_to(mask.astype(dtype), (bsz, 8, 16, frame_length))
+    need = max(left, right)
+    if need > retake.shape[-1]:
+        # DEVIATION: upstream takes the new frames' noise from a retake tensor as long as the
+        # source, so extending by more than the source's length fails its shape assertion;
+        # the missing noise is drawn as an extra retake draw (same values where upstream works)
+        extra = rand.retake((bsz, 8, 16, need - retake.shape[-1]), dtype)
+        retake = mx.concatenate([retake, extra], axis=-1)
     parts = []
     if left > 0:
         parts.append(retake[..., :left])

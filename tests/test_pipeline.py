@@ -177,3 +177,72 @@ def test_low_memory_mode_gives_the_same_audio(cache, tmp_path):
     chunked = ACEStepPipeline(FIXTURE, dtype="float32", cache_dir=cache, verbose=False,
                               chunked_decode=True).generate(**kw)
     assert chunked.waveforms[0].shape == a.waveforms[0].shape
+
+
+@pytest.fixture(scope="module")
+def src_wav(tmp_path_factory):
+    from safetensors.numpy import load_file
+
+    from acestep_mlx.audio.io import save_audio
+
+    wave = load_file(str(FIXTURE / "reference" / "pipeline_src_audio.safetensors"))[
+        "src_waveform_48k"]
+    path = tmp_path_factory.mktemp("src") / "src.wav"
+    save_audio(str(path), wave, 48000, "wav")
+    return str(path)
+
+
+@pytest.mark.parametrize("over, error, message", [
+    ({"task": "repaint", "repaint_start": 0.2, "repaint_end": 9.0}, ValueError,
+     "outside the source audio"),
+    ({"task": "repaint", "repaint_start": 1.0, "repaint_end": 0.5}, ValueError,
+     "must be before repaint_end"),
+    ({"task": "extend", "repaint_start": 1.0, "repaint_end": 2.0}, ValueError,
+     "extend lengths must be between 0 and 240"),
+    ({"task": "extend", "repaint_start": -300.0, "repaint_end": 2.0}, ValueError,
+     "extend lengths must be between 0 and 240"),
+    ({"task": "edit", "edit_target_prompt": ""}, ValueError, "edit needs edit_target_prompt"),
+    ({"task": "audio2audio", "ref_audio_strength": 1.5}, ValueError, "between 0 and 1"),
+])
+def test_task_bad_input(pipe, src_wav, tmp_path, over, error, message):
+    kw = dict(prompt="pop", lyrics="", audio_duration=1.0, infer_step=2, output_dir=tmp_path,
+              src_audio_path=src_wav, edit_target_lyrics="")
+    if over.get("task") == "audio2audio":
+        kw.update(audio2audio_enable=True, ref_audio_input=src_wav)
+        kw.pop("src_audio_path")
+    kw.update(over)
+    with pytest.raises(error, match=message):
+        pipe.generate(**kw)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_or_unreadable_source(pipe, tmp_path):
+    with pytest.raises((ValueError, FileNotFoundError), match="nope.wav"):
+        pipe.generate(prompt="pop", lyrics="", task="repaint", src_audio_path=str(
+            tmp_path / "nope.wav"), repaint_start=0, repaint_end=1, infer_step=2,
+            output_dir=tmp_path / "o")
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"not audio at all")
+    with pytest.raises(ValueError, match="bad.wav"):
+        pipe.generate(prompt="pop", lyrics="", task="repaint", src_audio_path=str(bad),
+                      repaint_start=0, repaint_end=1, infer_step=2, output_dir=tmp_path / "o")
+    assert not (tmp_path / "o").exists() or list((tmp_path / "o").iterdir()) == []
+
+
+def test_source_longer_than_240s_is_refused(pipe):
+    wave = np.zeros((2, 48000 * 241), np.float32)
+    wave[:, ::100] = 0.1
+    with pytest.raises(ValueError, match="at most 240"):
+        pipe.encode_audio(wave, 48000)
+
+
+def test_cli_extend_gives_the_lengths_asked_for(tmp_path, monkeypatch, src_wav):
+    from acestep_mlx.generate import main
+
+    monkeypatch.setenv("ACESTEP_MLX_CACHE", str(tmp_path / "cache"))
+    rc = main(["--demo", "--task", "extend", "--src-audio", src_wav, "--extend-left", "1",
+               "--extend-right", "2", "--steps", "3", "--output-dir", str(tmp_path / "o")])
+    assert rc == 0
+    (wav,) = (tmp_path / "o").glob("*.wav")
+    # 1.5 s source + 1 s left + 2 s right, to latent-frame precision (0.093 s)
+    assert abs(sf.info(str(wav)).duration - 4.5) < 0.2
