@@ -520,9 +520,10 @@ class ACEStepPipeline:
         if current is not None and current.name == name_or_path:
             current.set_strength(weight)
             return
-        if current is not None:
-            self.unload_lora()
-        self.lora = load_lora_into(self.dit, name_or_path, weight, cache_dir=self.cache_dir)
+        # the new adapter is checked fully before the current one is removed: a refused adapter
+        # leaves the pipeline as it was
+        self.lora = load_lora_into(self.dit, name_or_path, weight, cache_dir=self.cache_dir,
+                                   replace=current)
 
     def unload_lora(self) -> None:
         if self.lora is not None:

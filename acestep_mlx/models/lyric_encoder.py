@@ -141,6 +141,10 @@ class RelPositionMultiHeadedAttention(nn.Module):
 
         keep = key_mask[:, None, None, :]
         scores = mx.where(keep, scores, mx.array(-mx.inf, scores.dtype))
+        # rows whose keys are all padding: finite scores, so neither the forward softmax nor its
+        # gradient produces NaN (their weights are zeroed just below, as in the original)
+        scores = mx.where(mx.any(keep, axis=-1, keepdims=True), scores,
+                          mx.array(0, scores.dtype))
         attn = mx.softmax(scores, axis=-1, precise=True)
         attn = mx.where(keep, attn, mx.array(0, attn.dtype))  # all-masked rows: 0, not NaN
         out = (attn @ v).transpose(0, 2, 1, 3).reshape(B, L, h * d_k)
