@@ -399,3 +399,27 @@ def test_conversion_drops_only_unused_cross_attention_projections():
     # 2048 = in_channels * 256, hard-coded in the original
     assert shapes["proj_in.early_conv_layers.0.weight"] == (2048, 16, 1, 8)
     assert shapes["transformer_blocks.0.ff.depth_conv.conv.weight"] == (160, 3, 1)
+
+
+def test_dropped_lyrics_give_finite_zero_lyric_encoder_gradients(tmp_path):
+    """Training drops the lyrics (ids and mask all zero) 15% of the time: the conformer's
+    all-padding attention rows must not turn into NaN gradients."""
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten
+
+    from acestep_mlx.checkpoint import load_component
+
+    model = load_component(FIXTURE, "dit", "float32", cache_dir=tmp_path)
+    ids, mask = mx.zeros((1, 5), dtype=mx.int32), mx.zeros((1, 5))
+
+    def loss_fn(m):
+        states, smask = m.encode(mx.ones((1, 3, 32)), mx.ones((1, 3)), mx.zeros((1, 512)), ids,
+                                 mask)
+        out = m.decode(mx.ones((1, 8, 16, 4)), mx.ones((1, 4)), states, smask, mx.array([500.0]))
+        return (out**2).mean()
+
+    _, grads = nn.value_and_grad(model, loss_fn)(model)
+    flat = dict(tree_flatten(grads))
+    assert all(bool(mx.all(mx.isfinite(v)).item()) for v in flat.values())
+    lyric = [v for k, v in flat.items() if k.startswith("lyric_encoder.")]
+    assert lyric and max(float(mx.abs(v).max().item()) for v in lyric) == 0.0
