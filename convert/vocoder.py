@@ -19,11 +19,17 @@ def _build(config: dict):
 
 RULES = (
     # --- log-mel front end buffers: recomputed from config.json by acestep_mlx.audio.mel
-    Rule(r"mel_transform\.spectrogram\.window", None,
-         reason="buffer: periodic Hann window, recomputed from win_length by acestep_mlx.audio.mel"),
-    Rule(r"mel_transform\.mel_scale\.fb", None,
-         reason="buffer: Slaney mel filterbank, recomputed from config.json by "
-                "acestep_mlx.audio.mel"),
+    Rule(
+        r"mel_transform\.spectrogram\.window",
+        None,
+        reason="buffer: periodic Hann window, recomputed from win_length by acestep_mlx.audio.mel",
+    ),
+    Rule(
+        r"mel_transform\.mel_scale\.fb",
+        None,
+        reason="buffer: Slaney mel filterbank, recomputed from config.json by "
+        "acestep_mlx.audio.mel",
+    ),
     # --- HiFi-GAN head: weight norm folded into `weight`
     Rule(r"head\.(.+)\.weight_g", None, reason="weight norm: folded into the sibling weight"),
     Rule(r"head\.(ups\.\d+)\.weight_v", r"head.\1.weight", "wn_conv_transpose1d"),
@@ -31,8 +37,11 @@ RULES = (
     Rule(r"head\.(.+)\.bias", r"head.\1.bias"),
     # --- ConvNeXt backbone
     Rule(r"backbone\.channel_layers\.0\.0\.weight", "backbone.channel_layers.0.0.weight", "conv1d"),
-    Rule(r"backbone\.channel_layers\.([1-9]\d*)\.1\.weight", r"backbone.channel_layers.\1.1.weight",
-         "conv1d"),
+    Rule(
+        r"backbone\.channel_layers\.([1-9]\d*)\.1\.weight",
+        r"backbone.channel_layers.\1.1.weight",
+        "conv1d",
+    ),
     Rule(r"backbone\.stages\.(.+)\.dwconv\.weight", r"backbone.stages.\1.dwconv.weight", "conv1d"),
     Rule(r"backbone\.(.+)", r"backbone.\1"),
 )

@@ -68,8 +68,9 @@ def _mel_to_hz_slaney(mels: np.ndarray) -> np.ndarray:
     return freqs
 
 
-def mel_filterbank(n_freqs: int, f_min: float, f_max: float, n_mels: int,
-                   sample_rate: int) -> np.ndarray:
+def mel_filterbank(
+    n_freqs: int, f_min: float, f_max: float, n_mels: int, sample_rate: int
+) -> np.ndarray:
     """torchaudio `melscale_fbanks(..., norm="slaney", mel_scale="slaney")` -> [n_freqs, n_mels].
 
     Same float32 arithmetic as torchaudio (float32 linspace, triangles, area normalisation).
@@ -82,7 +83,7 @@ def mel_filterbank(n_freqs: int, f_min: float, f_max: float, n_mels: int,
     down = (np.float32(-1.0) * slopes[:, :-2]) / f_diff[:-1]
     up = slopes[:, 2:] / f_diff[1:]
     fb = np.maximum(np.float32(0.0), np.minimum(down, up))
-    enorm = np.float32(2.0) / (f_pts[2:n_mels + 2] - f_pts[:n_mels])
+    enorm = np.float32(2.0) / (f_pts[2 : n_mels + 2] - f_pts[:n_mels])
     return (fb * enorm[None, :]).astype(np.float32)
 
 
@@ -101,8 +102,15 @@ class MelConfig:
         """From a `VocoderConfig` (or the vocoder config.json dict)."""
         get = cfg.get if isinstance(cfg, dict) else lambda k: getattr(cfg, k)
         f_max = get("f_max") or get("sampling_rate") // 2
-        return cls(int(get("sampling_rate")), int(get("n_fft")), int(get("win_length")),
-                   int(get("hop_length")), int(get("n_mels")), float(get("f_min")), float(f_max))
+        return cls(
+            int(get("sampling_rate")),
+            int(get("n_fft")),
+            int(get("win_length")),
+            int(get("hop_length")),
+            int(get("n_mels")),
+            float(get("f_min")),
+            float(f_max),
+        )
 
 
 def stored_mel_buffers(vocoder_weights: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -122,22 +130,32 @@ def _bf16_round(x: np.ndarray) -> np.ndarray:
 class LogMelSpectrogram:
     """The log-mel front end. Call with a wave [C, N] (numpy or mx) -> mx.array [C, n_mels, F]."""
 
-    def __init__(self, cfg: MelConfig = MelConfig(), window: np.ndarray | None = None,
-                 filterbank: np.ndarray | None = None):
+    def __init__(
+        self,
+        cfg: MelConfig = MelConfig(),
+        window: np.ndarray | None = None,
+        filterbank: np.ndarray | None = None,
+    ):
         self.cfg = cfg
         n_freqs = cfg.n_fft // 2 + 1
         if cfg.win_length != cfg.n_fft:
             raise ValueError("win_length != n_fft is not supported (the original uses 2048/2048)")
-        self.window = (hann_window(cfg.win_length) if window is None
-                       else np.asarray(window, np.float32).reshape(-1))
-        self.filterbank = (mel_filterbank(n_freqs, cfg.f_min, cfg.f_max, cfg.n_mels,
-                                          cfg.sample_rate)
-                           if filterbank is None else np.asarray(filterbank, np.float32))
+        self.window = (
+            hann_window(cfg.win_length)
+            if window is None
+            else np.asarray(window, np.float32).reshape(-1)
+        )
+        self.filterbank = (
+            mel_filterbank(n_freqs, cfg.f_min, cfg.f_max, cfg.n_mels, cfg.sample_rate)
+            if filterbank is None
+            else np.asarray(filterbank, np.float32)
+        )
         if self.window.shape != (cfg.win_length,):
             raise ValueError(f"window must have {cfg.win_length} values, got {self.window.shape}")
         if self.filterbank.shape != (n_freqs, cfg.n_mels):
-            raise ValueError(f"filterbank must be [{n_freqs}, {cfg.n_mels}], "
-                             f"got {list(self.filterbank.shape)}")
+            raise ValueError(
+                f"filterbank must be [{n_freqs}, {cfg.n_mels}], got {list(self.filterbank.shape)}"
+            )
 
     def num_frames(self, n_samples: int) -> int:
         pad = self.cfg.win_length - self.cfg.hop_length
@@ -154,16 +172,21 @@ class LogMelSpectrogram:
         left = (c.win_length - c.hop_length) // 2
         right = (c.win_length - c.hop_length + 1) // 2
         if y.shape[-1] <= max(left, right):
-            raise ValueError(f"audio too short for the log-mel front end: {y.shape[-1]} samples "
-                             f"(needs more than {max(left, right)})")
+            raise ValueError(
+                f"audio too short for the log-mel front end: {y.shape[-1]} samples "
+                f"(needs more than {max(left, right)})"
+            )
         if dtype == mx.bfloat16:
             y = _bf16_round(y.astype(np.float32))  # the original pads in bf16, STFT in fp32
         y = np.pad(y.astype(np.float32), ((0, 0), (left, right)), mode="reflect")
         window = self.window if dtype != mx.bfloat16 else _bf16_round(self.window)
         n = self.num_frames(y.shape[-1] - left - right)
         frames = np.lib.stride_tricks.as_strided(
-            y, shape=(y.shape[0], n, c.n_fft),
-            strides=(y.strides[0], y.strides[1] * c.hop_length, y.strides[1]), writeable=False)
+            y,
+            shape=(y.shape[0], n, c.n_fft),
+            strides=(y.strides[0], y.strides[1] * c.hop_length, y.strides[1]),
+            writeable=False,
+        )
         spec = np.fft.rfft(frames * window, n=c.n_fft, axis=-1)  # complex64 for float32 input
         re = spec.real.astype(np.float32)
         im = spec.imag.astype(np.float32)

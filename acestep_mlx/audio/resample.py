@@ -2,9 +2,9 @@
 
 Rates are reduced by their gcd (44100 -> 48000 becomes 147 -> 160). For output phase p and tap n:
 `t = (-p/new + n/orig) * base` (base = min(orig, new) * rolloff), clamped to +-width_zeros; the
-kernel is `sinc(pi t) * cos(pi t / (2 width_zeros))^2 * base / orig`. Applying it: pad `width` zeros
-on the left and `width + orig` on the right, a strided correlation with stride `orig` (one output per
-phase), interleave the phases, keep `ceil(new * N / orig)` samples.
+kernel is `sinc(pi t) * cos(pi t / (2 width_zeros))^2 * base / orig`. Applying it: pad `width`
+zeros on the left and `width + orig` on the right, a strided correlation with stride `orig` (one
+output per phase), interleave the phases, keep `ceil(new * N / orig)` samples.
 
 Precision modes of the kernel (`kernel_dtype`), matching how the original builds it:
 * "float64": `Resample(a, b)` without dtype (the decode path and the encode path in float32
@@ -32,7 +32,8 @@ def _to_bf16(x: np.ndarray) -> np.ndarray:
     """Round float32 values to bfloat16 (round to nearest even), kept in a float32 array."""
     b = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
     rounded = (b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))) & np.uint32(
-        0xFFFF0000)
+        0xFFFF0000
+    )
     out = rounded.view(np.float32)
     return np.where(np.isnan(x), x, out).astype(np.float32)
 
@@ -48,8 +49,9 @@ def _rounder(kind: str):
 
 
 @functools.lru_cache(maxsize=16)
-def _kernel_cached(orig: int, new: int, lowpass_filter_width: int, rolloff: float,
-                   kernel_dtype: str) -> tuple[np.ndarray, int]:
+def _kernel_cached(
+    orig: int, new: int, lowpass_filter_width: int, rolloff: float, kernel_dtype: str
+) -> tuple[np.ndarray, int]:
     base = min(orig, new) * rolloff
     width = math.ceil(lowpass_filter_width * orig / base)
     r = _rounder(kernel_dtype)  # every op of torch's code, rounded to the kernel dtype
@@ -78,14 +80,19 @@ def _kernel_cached(orig: int, new: int, lowpass_filter_width: int, rolloff: floa
     return out, width
 
 
-def sinc_resample_kernel(orig_sr: int, new_sr: int, lowpass_filter_width: int = 6,
-                         rolloff: float = 0.99, kernel_dtype: str = "float64"
-                         ) -> tuple[np.ndarray, int]:
+def sinc_resample_kernel(
+    orig_sr: int,
+    new_sr: int,
+    lowpass_filter_width: int = 6,
+    rolloff: float = 0.99,
+    kernel_dtype: str = "float64",
+) -> tuple[np.ndarray, int]:
     """(kernel [new, 2*width + orig] float32, width) for the gcd-reduced rates."""
     orig_sr, new_sr = _check_rates(orig_sr, new_sr)
     g = math.gcd(orig_sr, new_sr)
-    return _kernel_cached(orig_sr // g, new_sr // g, int(lowpass_filter_width), float(rolloff),
-                          kernel_dtype)
+    return _kernel_cached(
+        orig_sr // g, new_sr // g, int(lowpass_filter_width), float(rolloff), kernel_dtype
+    )
 
 
 def _check_rates(orig_sr, new_sr) -> tuple[int, int]:
@@ -105,9 +112,16 @@ def output_length(n: int, orig_sr: int, new_sr: int) -> int:
     return int(np.ceil(np.float32(nw * n / o)))
 
 
-def resample(wave, orig_sr: int, new_sr: int, *, lowpass_filter_width: int = 6,
-             rolloff: float = 0.99, kernel_dtype: str = "float64",
-             dtype: str = "float32") -> np.ndarray:
+def resample(
+    wave,
+    orig_sr: int,
+    new_sr: int,
+    *,
+    lowpass_filter_width: int = 6,
+    rolloff: float = 0.99,
+    kernel_dtype: str = "float64",
+    dtype: str = "float32",
+) -> np.ndarray:
     """Resample `wave` [..., N] (numpy or MLX) from `orig_sr` to `new_sr` -> float32 numpy.
 
     Identity (a float32 copy) when the rates are equal, like torchaudio.
@@ -122,27 +136,31 @@ def resample(wave, orig_sr: int, new_sr: int, *, lowpass_filter_width: int = 6,
         return x.copy()
     g = math.gcd(orig_sr, new_sr)
     o, nw = orig_sr // g, new_sr // g
-    kernel, width = sinc_resample_kernel(orig_sr, new_sr, lowpass_filter_width, rolloff,
-                                         kernel_dtype)
+    kernel, width = sinc_resample_kernel(
+        orig_sr, new_sr, lowpass_filter_width, rolloff, kernel_dtype
+    )
     if dtype == "bfloat16":
         kernel = _to_bf16(kernel)
     shape = x.shape
     n = shape[-1]
     x = x.reshape(-1, n)
     padded = np.zeros((x.shape[0], n + 2 * width + o), np.float32)
-    padded[:, width:width + n] = x
+    padded[:, width : width + n] = x
     taps = kernel.shape[1]
     n_frames = (padded.shape[1] - taps) // o + 1
     out = np.empty((x.shape[0], n_frames, nw), np.float32)
     kt = np.ascontiguousarray(kernel.T)
     for row in range(x.shape[0]):
         frames = np.lib.stride_tricks.as_strided(
-            padded[row], shape=(n_frames, taps), strides=(padded.strides[1] * o,
-                                                          padded.strides[1]), writeable=False)
+            padded[row],
+            shape=(n_frames, taps),
+            strides=(padded.strides[1] * o, padded.strides[1]),
+            writeable=False,
+        )
         for a in range(0, n_frames, _FRAMES_PER_BLOCK):
             b = min(n_frames, a + _FRAMES_PER_BLOCK)
             np.matmul(frames[a:b], kt, out=out[row, a:b])
-    out = out.reshape(x.shape[0], -1)[:, :output_length(n, orig_sr, new_sr)]
+    out = out.reshape(x.shape[0], -1)[:, : output_length(n, orig_sr, new_sr)]
     if dtype == "bfloat16":
         out = _to_bf16(out)
     return np.ascontiguousarray(out.reshape(shape[:-1] + out.shape[-1:]))

@@ -150,6 +150,7 @@ def rope_tables(length: int, inv_freq: mx.array, dtype: mx.Dtype) -> tuple[mx.ar
     return mx.cos(emb).astype(dtype), mx.sin(emb).astype(dtype)
 
 
+@mx.compile
 def rope_apply(x: mx.array, cos: mx.array, sin: mx.array) -> mx.array:
     """The original's MIXED RoPE on x [..., S, D] with tables [S, D] (spec 2.6).
 
@@ -163,10 +164,54 @@ def rope_apply(x: mx.array, cos: mx.array, sin: mx.array) -> mx.array:
 
 
 def rms_norm(x: mx.array, eps: float = NORM_EPS) -> mx.array:
-    """Non-affine RMSNorm: statistics and product in float32, result in x's dtype."""
-    x32 = x.astype(mx.float32)
-    var = mx.mean(x32 * x32, axis=-1, keepdims=True)
-    return (x32 * mx.rsqrt(var + eps)).astype(x.dtype)
+    """Non-affine RMSNorm: statistics and product in float32, result in x's dtype
+    (`mx.fast.rms_norm` accumulates in float32 and rounds once, like the original)."""
+    return mx.fast.rms_norm(x, None, eps)
+
+
+@mx.compile
+def modulate(x: mx.array, scale: mx.array, shift: mx.array) -> mx.array:
+    """adaLN: `rms_norm(x) * (1 + scale) + shift` (one fused kernel)."""
+    return rms_norm(x) * (1 + scale) + shift
+
+
+@mx.compile
+def gated_residual(x: mx.array, gate: mx.array, y: mx.array) -> mx.array:
+    """`x + gate * y` (one fused kernel)."""
+    return x + gate * y
+
+
+@mx.compile
+def linear_attention_core(q: mx.array, k: mx.array, v: mx.array, m: mx.array) -> mx.array:
+    """ReLU linear attention on [B, H, T, Dh] (RoPE already applied), mask m [B, 1, T, 1]:
+    float32 `relu(q) (relu(k)^T [v | 1])`, then divided by the last column + 1e-15."""
+    q = nn.relu(q * m).astype(mx.float32)
+    k = nn.relu(k * m).astype(mx.float32)
+    v = (v * m).astype(mx.float32)
+    ones = mx.ones((*v.shape[:-1], 1), dtype=mx.float32)
+    v_aug = mx.concatenate([v, ones], axis=-1)  # [B, H, T, Dh+1]
+    kv = k.transpose(0, 1, 3, 2) @ v_aug  # [B, H, Dh, Dh+1]
+    y = q @ kv  # [B, H, T, Dh+1]
+    return y[..., :-1] / (y[..., -1:] + LINEAR_ATTN_EPS)
+
+
+@mx.compile
+def glu_depthwise(x: mx.array, weight: mx.array, bias: mx.array) -> mx.array:
+    """GLUMBConv middle: silu -> depthwise conv (k taps, zero padding, along T) -> `a * silu(g)`.
+
+    x [B, T, 2H] (the inverted conv output), weight [2H, k, 1], bias [2H] -> [B, T, H]."""
+    x = nn.silu(x)
+    K = weight.shape[1]
+    T = x.shape[1]
+    pad = K // 2
+    xp = mx.pad(x, [(0, 0), (pad, pad), (0, 0)])
+    w = weight[:, :, 0].T  # [K, C]
+    y = xp[:, 0:T] * w[0]
+    for j in range(1, K):
+        y = y + xp[:, j : j + T] * w[j]
+    y = y + bias
+    hidden = y.shape[-1] // 2
+    return y[..., :hidden] * nn.silu(y[..., hidden:])
 
 
 def linear_interpolate_indices(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -349,10 +394,9 @@ class GLUMBConv(nn.Module):
         self.point_conv = ConvLayer(Conv1x1(hidden, dim, bias=False))
 
     def __call__(self, x: mx.array) -> mx.array:
-        x = nn.silu(self.inverted_conv(x))
-        x = self.depth_conv(x)
-        a, gate = x[..., : self.hidden], x[..., self.hidden :]
-        return self.point_conv(a * nn.silu(gate))
+        dw = self.depth_conv.conv
+        h = glu_depthwise(self.inverted_conv(x), dw.weight, dw.bias)
+        return self.point_conv(h)
 
 
 def _split_heads(x: mx.array, heads: int) -> mx.array:
@@ -391,15 +435,7 @@ class LinearSelfAttention(nn.Module):
         q = rope_apply(_split_heads(q, self.heads), *rope)
         k = rope_apply(_split_heads(self.to_k(h), self.heads), *rope)
         v = _split_heads(self.to_v(h), self.heads)
-        m = mask[:, None, :, None]
-        q = nn.relu(q * m).astype(mx.float32)
-        k = nn.relu(k * m).astype(mx.float32)
-        v = (v * m).astype(mx.float32)
-        ones = mx.ones((*v.shape[:-1], 1), dtype=mx.float32)
-        v_aug = mx.concatenate([v, ones], axis=-1)  # [B, H, T, Dh+1]
-        kv = k.transpose(0, 1, 3, 2) @ v_aug  # [B, H, Dh, Dh+1]
-        y = q @ kv  # [B, H, T, Dh+1]
-        out = y[..., :-1] / (y[..., -1:] + LINEAR_ATTN_EPS)
+        out = linear_attention_core(q, k, v, mask[:, None, :, None])
         return self.to_out[0](_merge_heads(out).astype(dtype))
 
 
@@ -472,11 +508,11 @@ class LinearTransformerBlock(nn.Module):
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
             mods[:, i : i + 1] for i in range(6)
         )
-        h = rms_norm(x) * (1 + scale_msa) + shift_msa
-        x = gate_msa * self.attn(h, mask, rope_x, q_scale) + x
+        h = modulate(x, scale_msa, shift_msa)
+        x = gated_residual(x, gate_msa, self.attn(h, mask, rope_x, q_scale))
         x = self.cross_attn(x, context_kv, cross_mask, rope_x, q_scale) + x
-        h = rms_norm(x) * (1 + scale_mlp) + shift_mlp
-        return x + gate_mlp * self.ff(h)
+        h = modulate(x, scale_mlp, shift_mlp)
+        return gated_residual(x, gate_mlp, self.ff(h))
 
 
 class T2IFinalLayer(nn.Module):
@@ -493,7 +529,7 @@ class T2IFinalLayer(nn.Module):
         """x [B, T, D], emb [B, D] -> [B, C, p, output_length] (index p * C + c of the linear)."""
         mods = self.scale_shift_table[None] + emb[:, None]
         shift, scale = mods[:, 0:1], mods[:, 1:2]
-        x = self.linear(rms_norm(x) * (1 + scale) + shift)
+        x = self.linear(modulate(x, scale, shift))
         B, T, _ = x.shape
         out = x.reshape(B, T, self.patch_height, self.out_channels).transpose(0, 3, 2, 1)
         if output_length > T:
