@@ -200,20 +200,38 @@ def text2music_steps(
     momentum = G.MomentumBuffer()
     enc_c, m_c, enc_u, enc_t = encoder_states(dit, cond, use_erg_lyric, do_double, trace)
 
-    # cross-attention keys/values of the encoder states: computed once, reused every step
+    ts = [float(t) for t in np.asarray(timesteps)]
+    executed = [i for i in range(len(ts)) if not (is_repaint and i < n_min)]
+    guided_steps = do_cfg and any(start_idx <= i < end_idx for i in executed)
+
+    # cross-attention keys/values of the encoder states: computed once, reused every step. With
+    # batched guidance the conditional branch's K/V are the first `bsz` rows of the guided
+    # batch's, so they are sliced from it instead of being projected a second time.
     precompute = getattr(dit, "precompute_encoder_kv", None)
     branches = [(enc_c, False)]
     if do_double and enc_t is not None:
         branches.append((enc_t, False))
     branches.append((enc_u, use_erg_diffusion))
     n_br = len(branches)
+    share_kv = batch_guidance and guided_steps
     kv = {}
+    guided_states: list = [None]
+
+    def guided_batch_states():
+        if guided_states[0] is None:
+            guided_states[0] = mx.concatenate([st for st, _ in branches], axis=0)
+        return guided_states[0]
 
     def encoder_kv(key, states):
         if precompute is None:
             return {}
         if key not in kv:
-            kv[key] = precompute(states)
+            if key == "guided":
+                kv[key] = precompute(guided_batch_states())
+            elif key == "branch0" and share_kv:
+                kv[key] = [(k[:bsz], v[:bsz]) for k, v in encoder_kv("guided", None)["encoder_kv"]]
+            else:
+                kv[key] = precompute(states)
         return {"encoder_kv": kv[key]}
 
     def decode(z, t_arr, key, states, erg=False):
@@ -227,9 +245,7 @@ def text2music_steps(
         if not batch_guidance:
             return [decode(z, t_arr, f"branch{k}", st, erg)
                     for k, (st, erg) in enumerate(branches)]
-        if "guided" not in kv:
-            guided_states[0] = mx.concatenate([st for st, _ in branches], axis=0)
-        states = guided_states[0]
+        states = guided_batch_states()
         erg = mx.array([e for _, e in branches for _ in range(bsz)])
         out = dit.decode(mx.concatenate([z] * n_br, axis=0),
                          mx.concatenate([attention_mask] * n_br), states,
@@ -241,9 +257,6 @@ def text2music_steps(
             trace("decode", hidden_states=z, timestep=t_arr, sample=o)
         return outs
 
-    guided_states: list = [None]
-    ts = [float(t) for t in np.asarray(timesteps)]
-    executed = [i for i in range(len(ts)) if not (is_repaint and i < n_min)]
     for n_done, i in enumerate(executed):
         t = ts[i]
         if is_repaint and i == n_min:

@@ -447,14 +447,27 @@ class ACEStepPipeline:
                 audio2audio_enable=task == "audio2audio",
                 ref_audio_strength=ref_audio_strength, ref_latents=ref_latents,
                 dtype=self.dtype, trace=trace)
+        # One step of look-ahead: step k is submitted with `async_eval`, and the graph of step
+        # k + 1 is built while it runs; the progress event of a step is yielded once its latents
+        # are computed (the only host wait in the loop). Cancelling at an event stops after the
+        # step already in flight; nothing of it is written.
+        pending = None
         while True:
             try:
                 step = next(gen)
             except StopIteration as stop:
                 latents = stop.value
                 break
-            mx.eval(step.latents)
-            yield Progress("diffusion", step.index + 1, step.total, f"t={step.timestep:.1f}")
+            mx.async_eval(step.latents)
+            if pending is not None:
+                mx.eval(pending.latents)
+                yield Progress("diffusion", pending.index + 1, pending.total,
+                               f"t={pending.timestep:.1f}")
+            pending = step
+        if pending is not None:
+            mx.eval(pending.latents)
+            yield Progress("diffusion", pending.index + 1, pending.total,
+                           f"t={pending.timestep:.1f}")
         trace("final_latents", latents=latents)
         mx.eval(latents)
         t_diff = time.perf_counter()
@@ -543,7 +556,14 @@ class ACEStepPipeline:
         else:
             folder = Path(save_path) if save_path is not None else Path(output_dir or "outputs")
             names = [f"output_{stamp}_{i}.{fmt}" for i in range(batch)]
-        folder.mkdir(parents=True, exist_ok=True)
+        if folder.exists() and not folder.is_dir():
+            raise NotADirectoryError(f"output folder {folder} is a file, not a folder; choose "
+                                     "another with --output-dir")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise PermissionError(f"output folder {folder} is not writable (cannot create it: "
+                                  f"{e.strerror}); choose another with --output-dir") from e
         if not os.access(folder, os.W_OK):
             raise PermissionError(f"output folder {folder} is not writable; choose another with "
                                   "--output-dir")

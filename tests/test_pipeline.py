@@ -75,19 +75,18 @@ def test_bad_parameters_are_refused(over, message):
 
 
 def test_unwritable_output_dir(pipe, tmp_path):
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o500)
-    try:
-        import os
-
-        if os.access(ro, os.W_OK):  # running as root: permissions are not enforced
-            pytest.skip("root ignores directory permissions")
-        with pytest.raises(PermissionError, match="not writable"):
-            pipe.generate(prompt="pop", lyrics="", audio_duration=1.0, infer_step=2,
-                          output_dir=ro)
-    finally:
-        ro.chmod(0o700)
+    """A folder that cannot be created (a file stands in its path; this holds for root too) or
+    a file given as the folder: clear errors before any work, nothing written."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    with pytest.raises(PermissionError, match="not writable .*choose another with --output-dir"):
+        pipe.generate(prompt="pop", lyrics="", audio_duration=1.0, infer_step=2,
+                      output_dir=blocker / "sub")
+    with pytest.raises(NotADirectoryError, match="is a file, not a folder"):
+        pipe.generate(prompt="pop", lyrics="", audio_duration=1.0, infer_step=2,
+                      output_dir=blocker)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker"]
+    assert blocker.read_text() == "x"
 
 
 def test_generation_writes_48k_stereo_and_metadata_and_never_overwrites(pipe, tmp_path):

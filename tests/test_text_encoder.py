@@ -52,27 +52,44 @@ def ref() -> dict[str, np.ndarray]:
 
 
 def test_parity_with_original():
-    """Every tensor of the reference is compared; ids/masks exactly.
-
-    The hidden states are held to the float32 noise floor of the reference itself rather than to
-    fixtures.json's atol 1e-5: fixtures.json (`float32_vs_float64.umt5_last_hidden_state`)
-    records that the original's own float32 output is 2.4e-5 away from float64, so a different
-    (but correct) float32 summation order cannot be held to 1e-5. The parity command keeps
-    reporting the strict tolerance (a handful of elements, |err| < 3e-5, exceed it).
-    """
-    import json
-
-    fixtures = json.loads((FIXTURE / "fixtures.json").read_text())
-    floor = fixtures["float32_vs_float64"]["umt5_last_hidden_state"]["max_abs_diff"]
+    """Every tensor of the reference is compared by the parity command; ids/masks exactly."""
     summary = run_parity(FIXTURE, only=["text_encoder"], verbose=False)
     assert summary.n_not_covered == 0, summary.not_covered
     assert summary.passed + summary.failed >= 10
     for r in summary.results:
-        if r.tolerance == "exact" or r.passed:
+        if r.tolerance == "exact":
             assert r.passed, r.line()
-        else:  # within 1.5x the reference's own float32 error, direction preserved
-            assert r.max_abs <= 1.5 * floor, r.line()
-            assert r.cosine > 0.999999, r.line()
+
+
+# The original's own float32 output is 2.43e-5 away from the same code run in float64
+# (fixtures.json `float32_vs_float64.umt5_last_hidden_state`); measured here: the float64 run of
+# the original misses fixtures.json's atol 1e-5 / rtol 1e-4 at 1 of 3744 elements, so no float32
+# implementation with another summation order (MLX's BLAS vs torch's MKL: every op differs by
+# ~1 ulp, amplified through the 10 random blocks) can meet it everywhere. This test holds every
+# element to fixtures.json's tolerance except at most MAX_OUTLIERS per tensor, and those to the
+# reference's own float32 error. KNOWN GAP, reported by `python -m acestep_mlx.parity` (4 FAIL).
+MAX_OUTLIERS = 4
+
+
+@pytest.mark.parametrize("name", ["last_hidden_state", "last_hidden_state_null_erg",
+                                  "last_hidden_state_single.0", "last_hidden_state_single.1",
+                                  "last_hidden_state_single.2"])
+def test_hidden_states_elementwise(models, ref, name):
+    fixtures = json.loads((FIXTURE / "fixtures.json").read_text())
+    tol = fixtures["tolerances"]["text_encoder"]
+    floor = fixtures["float32_vs_float64"]["umt5_last_hidden_state"]["max_abs_diff"]
+    ids, mask = ref["input_ids"], ref["attention_mask"]
+    if name.startswith("last_hidden_state_single"):
+        i = int(name.rsplit(".", 1)[1])
+        n = int(mask[i].sum())
+        out = models["float32"](ids[i : i + 1, :n])
+    else:
+        out = models["float32"](ids, mask, erg=name.endswith("null_erg"))
+    expected = ref[name].astype(np.float64)
+    diff = np.abs(np.array(out).astype(np.float64) - expected)
+    outside = diff > tol["atol"] + tol["rtol"] * np.abs(expected)
+    assert outside.sum() <= MAX_OUTLIERS, (outside.sum(), diff.max())
+    assert diff.max() <= 1.25 * floor, diff.max()
 
 
 def test_tokenizer_truncates_to_256_including_eos(tokenizer):
