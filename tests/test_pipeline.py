@@ -245,3 +245,31 @@ def test_cli_extend_gives_the_lengths_asked_for(tmp_path, monkeypatch, src_wav):
     (wav,) = (tmp_path / "o").glob("*.wav")
     # 1.5 s source + 1 s left + 2 s right, to latent-frame precision (0.093 s)
     assert abs(sf.info(str(wav)).duration - 4.5) < 0.2
+
+
+@pytest.mark.parametrize("task_args, task", [
+    (["--task", "retake", "--retake-variance", "0.4"], "retake"),
+    (["--task", "repaint", "--repaint-start", "0.3", "--repaint-end", "1.0"], "repaint"),
+    (["--task", "edit", "--edit-prompt", "rock, guitar"], "edit"),
+    (["--task", "edit", "--edit-lyrics", "[verse]\nnew words", "--edit-preset", "only_lyrics"],
+     "edit"),
+    (["--task", "audio2audio", "--ref-strength", "0.6"], "audio2audio"),
+])
+def test_cli_editing_tasks_run_on_the_demo_checkpoint(tmp_path_factory, tmp_path, monkeypatch,
+                                                     src_wav, task_args, task):
+    from acestep_mlx.generate import main
+
+    monkeypatch.setenv("ACESTEP_MLX_CACHE", str(tmp_path_factory.getbasetemp() / "cli-cache"))
+    source = ["--ref-audio", src_wav] if task == "audio2audio" else ["--src-audio", src_wav]
+    rc = main(["--demo", "--prompt", "pop", "--lyrics", "[inst]", "--steps", "3",
+               "--output-dir", str(tmp_path / "o"), *source, *task_args])
+    assert rc == 0
+    (wav,) = (tmp_path / "o").glob("*.wav")
+    info = sf.info(str(wav))
+    assert info.samplerate == 48000 and info.channels == 2
+    meta = json.loads(wav.with_name(wav.stem + "_input_params.json").read_text())
+    assert meta["task"] == task
+    if task == "audio2audio":
+        assert meta["audio2audio_enable"] is True and meta["ref_audio_strength"] == 0.6
+    else:
+        assert meta["src_audio_path"] == src_wav

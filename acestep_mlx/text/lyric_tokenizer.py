@@ -9,12 +9,14 @@ structure-tag lines ("[verse]", "[Verse 1]", ... anything starting with [..]) en
 and [SPACE] after each line. The pipeline itself feeds ids [0] with mask [0] for an empty lyric
 (`lyric_ids_and_mask`).
 
-Bad input: a non-str lyric raises TypeError; control characters, emoji and scripts without
-vocabulary entries go through (unknown characters become [UNK] = 1, ASCII control characters are
-dropped by the BPE pre-tokeniser as whitespace or kept as [UNK]); a line whose encoding fails
-(e.g. lone surrogates, which the Rust tokenizer rejects) is skipped with a logged warning, as the
-original skips it; there is no length limit. Japanese lines need the optional `ja` extra (cutlet,
-fugashi, unidic-lite); without it they raise `MissingJapaneseSupport` instead of being dropped.
+Bad input (docs/lyrics.md has the full table, tests/test_lyric_tokenizer.py checks it): a non-str
+lyric raises TypeError; control characters, emoji and scripts without vocabulary entries go
+through (characters outside the vocabulary become [UNK] = 1, whitespace controls such as \v \f
+\x85 become [SPACE]; a NUL ends a Japanese line, as MeCab reads C strings); a line whose encoding
+fails (e.g. lone surrogates, which the Rust tokenizer rejects) is skipped with a logged warning, as
+the original skips it; there is no length limit (100,000 characters take ~0.5-5 s). Japanese
+lines need the optional `ja` extra (cutlet, fugashi, unidic-lite); without it they raise
+`MissingJapaneseSupport` instead of being dropped.
 """
 
 from __future__ import annotations
