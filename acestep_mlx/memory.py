@@ -86,3 +86,26 @@ def estimate(pipe, duration_s: float, batch_size: int = 1, guided: bool = True,
     else:
         weights = sum(sizes.values())
     return MemoryEstimate(weights, act, available_memory_gb())
+
+
+def lyric_attention_gb(n_tokens: int, heads: int) -> float:
+    """Peak of the Conformer lyric encoder's relative-position attention for one branch.
+
+    Per head it holds the [L, L] content scores, the [L, 2L-1] position scores before the
+    relative shift, the shifted copy, the summed scores and the float32 softmax: about 6 L^2
+    float32 values. It grows with the square of the lyric length (the original has no limit).
+    """
+    return heads * 6.0 * float(n_tokens) ** 2 * 4 / 1024**3
+
+
+def check_lyric_length(n_tokens: int, heads: int, available_gb: float | None = None) -> None:
+    """Refuse, before any work, lyrics whose lyric-encoder attention cannot fit in memory."""
+    available_gb = available_memory_gb() if available_gb is None else available_gb
+    need = lyric_attention_gb(n_tokens, heads)
+    if available_gb is not None and need > 0.85 * available_gb:
+        limit = int((0.85 * available_gb * 1024**3 / (heads * 6.0 * 4)) ** 0.5)
+        raise ValueError(
+            f"the lyrics give {n_tokens} tokens; the lyric encoder's attention would need about "
+            f"{need:.0f} GB (it grows with the square of the length) of {available_gb:.0f} GB: "
+            f"shorten the lyrics (at most about {limit} tokens fit here; a 4-minute song's "
+            "lyrics are typically 500-2000 tokens)")

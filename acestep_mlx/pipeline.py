@@ -28,6 +28,7 @@ import numpy as np
 
 from . import diffusion as D
 from .checkpoint import converted_component_dir, load_component, resolve_checkpoint
+from .memory import check_lyric_length
 from .noise import Randomness, parse_seeds
 
 TASKS = ("text2music", "retake", "repaint", "extend", "edit", "audio2audio")
@@ -278,7 +279,16 @@ class ACEStepPipeline:
         if len(lyrics) == 0:
             return [0], [0]
         ids = self.lyric_tokenizer.tokenize_lyrics(lyrics)
+        # DEVIATION (docs/deviations.md): the original has no limit and runs out of memory on
+        # very long lyrics; refuse them before any work with the reason and the fix
+        check_lyric_length(len(ids), self._lyric_encoder_heads())
         return ids, [1] * len(ids)
+
+    def _lyric_encoder_heads(self) -> int:
+        """The lyric encoder's head count from the DiT config (without loading the DiT)."""
+        cfg = json.loads((self.checkpoint_dir / "ace_step_transformer" / "config.json")
+                         .read_text())
+        return int(cfg.get("lyric_encoder_attention_heads", 16))
 
     def encode_audio(self, path_or_wave, sample_rate: int | None = None) -> mx.array:
         """Latents [1, 8, 16, T] of an audio file (or a [2, N] wave at `sample_rate`)."""

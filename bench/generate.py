@@ -421,8 +421,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--kv-reuse",
         action="store_true",
-        help="account the encoder K/V as one batch-2 projection (bench_pipeline.patch) "
-        "instead of batch 1 + batch 2 (the current pipeline)",
+        help="account the encoder K/V as one batch-2 projection (the pipeline since the K/V "
+        "reuse) instead of batch 1 + batch 2 (the pipeline before it)",
     )
     p.add_argument("--reassemble", default="", help="rebuild the tables from a *_raw.json")
     p.add_argument("--chunk-frames", type=int, default=128)

@@ -8,6 +8,8 @@ Sub-commands (extra arguments after the name go to that benchmark's own CLI):
     codec     DCAE decode + vocoder, plain vs chunked        (bench/codec.py)
     train     one LoRA training step                         (bench/train_step.py)
     convert   real-size random checkpoint -> conversion      (bench/convert_bench.py)
+    kernel_ab old vs current DiT kernels, interleaved         (bench/kernel_ab.py)
+    block_profile  time per piece of one DiT block           (bench/dit_block_profile.py)
     all       every one of the above with the suite's defaults
 
 All models are real size with random weights built in memory (nothing is downloaded). Results
@@ -38,6 +40,8 @@ SCRIPTS = {
     "codec": ["bench/codec.py"],
     "train": ["bench/train_step.py"],
     "convert": ["bench/convert_bench.py"],
+    "kernel_ab": ["bench/kernel_ab.py"],
+    "block_profile": ["bench/dit_block_profile.py"],
 }
 
 # the matrix: 30 / 60 / 240 s, 27 and 60 steps, float32 and bfloat16
@@ -61,6 +65,8 @@ FULL = {
     "codec": ["--seconds", "30", "60", "240", "--dtype", "float32", "bfloat16"],
     "train": ["--seconds", "30", "60", "--dtype", "float32", "bfloat16", "--layers", "2"],
     "convert": ["--dtype", "float32", "bfloat16"],
+    "kernel_ab": ["--old-rev", "00d3e5d", "--blocks", "2", "--reps", "5", "--T", "322", "645"],
+    "block_profile": ["--T", "322"],
 }
 QUICK = {
     "flops": [],
@@ -86,6 +92,8 @@ QUICK = {
     "codec": ["--seconds", "10", "--dtype", "float32", "--mode", "plain", "chunked"],
     "train": ["--seconds", "30", "--dtype", "float32", "--layers", "2", "--steps", "1"],
     "convert": ["--dtype", "float32", "bfloat16", "--dit-layers", "4"],
+    "kernel_ab": ["--old-rev", "00d3e5d", "--blocks", "2", "--reps", "5", "--T", "322", "645"],
+    "block_profile": ["--T", "322"],
 }
 
 

@@ -273,3 +273,21 @@ def test_cli_editing_tasks_run_on_the_demo_checkpoint(tmp_path_factory, tmp_path
         assert meta["audio2audio_enable"] is True and meta["ref_audio_strength"] == 0.6
     else:
         assert meta["src_audio_path"] == src_wav
+
+
+def test_lyrics_too_long_for_memory_are_refused_before_any_work(pipe, tmp_path, monkeypatch):
+    from acestep_mlx import memory
+    from acestep_mlx.memory import check_lyric_length, lyric_attention_gb
+
+    monkeypatch.setattr(memory, "available_memory_gb", lambda: 24.0)
+
+    assert lyric_attention_gb(1000, 16) == pytest.approx(16 * 6 * 1000**2 * 4 / 1024**3)
+    check_lyric_length(2000, 16, available_gb=16)  # a long song's lyrics fit a 16 GB Mac
+    with pytest.raises(ValueError, match=r"give 30000 tokens.*shorten the lyrics \(at most "
+                                         r"about 7[0-9]{3} tokens fit here"):
+        check_lyric_length(30000, 16, available_gb=24)
+    lyrics = "[verse]\n" + "\n".join(["the night is long and the road is wide"] * 2500)
+    with pytest.raises(ValueError, match="shorten the lyrics"):
+        pipe.generate(prompt="pop", lyrics=lyrics, audio_duration=1.0, infer_step=2,
+                      output_dir=tmp_path / "o")
+    assert not (tmp_path / "o").exists() or list((tmp_path / "o").iterdir()) == []
