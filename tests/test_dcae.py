@@ -167,3 +167,12 @@ def test_full_size_plan_covers_every_tensor():
     assert mx.get_peak_memory() < 256 * 1024**2  # never materialised
     assert sum(math.prod(t.shape) for t in plan.tensors) == entry["n_elements"] == 156_812_426
     assert model.encoder.down_blocks[3][0].attn.to_out.weight.shape == (1024, 2048)
+
+
+def test_decoder_eval_steps_is_bit_identical(model32):
+    """Evaluating after every layer (the inference default, for memory) changes no number."""
+    z = mx.array(np.random.default_rng(3).standard_normal((1, 16, 24, 8)).astype(np.float32))
+    lazy = model32.decoder(z, eval_steps=False)
+    stepped = model32.decoder(z, eval_steps=True)
+    assert lazy.shape == stepped.shape
+    np.testing.assert_array_equal(np.array(lazy), np.array(stepped))
