@@ -45,56 +45,27 @@ SCRIPTS = {
 }
 
 # the matrix: 30 / 60 / 240 s, 27 and 60 steps, float32 and bfloat16
+_AB = "--old-rev 00d3e5d --blocks 2 --reps 5 --T 322 645"
 FULL = {
-    "flops": [],
-    "generate": [
-        "--seconds",
-        "30",
-        "60",
-        "240",
-        "--dtype",
-        "float32",
-        "bfloat16",
-        "--steps",
-        "27",
-        "60",
-        "--layers",
-        "4",
-    ],
-    "dit": ["--T", "322", "645", "2583", "--dtype", "float32", "bfloat16", "--layers", "4"],
-    "codec": ["--seconds", "30", "60", "240", "--dtype", "float32", "bfloat16"],
-    "train": ["--seconds", "30", "60", "--dtype", "float32", "bfloat16", "--layers", "2"],
-    "convert": ["--dtype", "float32", "bfloat16"],
-    "kernel_ab": ["--old-rev", "00d3e5d", "--blocks", "2", "--reps", "5", "--T", "322", "645"],
-    "block_profile": ["--T", "322"],
+    "flops": "",
+    "generate": "--seconds 30 60 240 --dtype float32 bfloat16 --steps 27 60 --layers 4",
+    "dit": "--T 322 645 2583 --dtype float32 bfloat16 --layers 4",
+    "codec": "--seconds 30 60 240 --dtype float32 bfloat16",
+    "train": "--seconds 30 60 --dtype float32 bfloat16 --layers 2",
+    "convert": "--dtype float32 bfloat16",
+    "kernel_ab": _AB,
+    "block_profile": "--T 322",
 }
-QUICK = {
-    "flops": [],
-    "generate": [
-        "--seconds",
-        "30",
-        "60",
-        "240",
-        "--dtype",
-        "float32",
-        "bfloat16",
-        "--steps",
-        "27",
-        "60",
-        "--layers",
-        "1",
-        "--decode-seconds",
-        "10",
-        "--max-dit-frames",
-        "700",
-    ],
-    "dit": ["--T", "322", "645", "--dtype", "float32", "--layers", "1", "--steps", "1"],
-    "codec": ["--seconds", "10", "--dtype", "float32", "--mode", "plain", "chunked"],
-    "train": ["--seconds", "30", "--dtype", "float32", "--layers", "2", "--steps", "1"],
-    "convert": ["--dtype", "float32", "bfloat16", "--dit-layers", "4"],
-    "kernel_ab": ["--old-rev", "00d3e5d", "--blocks", "2", "--reps", "5", "--T", "322", "645"],
-    "block_profile": ["--T", "322"],
-}
+# reduced settings this repository's 2-core machine can afford
+QUICK = dict(
+    FULL,
+    generate="--seconds 30 60 240 --dtype float32 bfloat16 --steps 27 60 --layers 1 "
+    "--decode-seconds 10 --max-dit-frames 700",
+    dit="--T 322 645 --dtype float32 --layers 1 --steps 1",
+    codec="--seconds 10 --dtype float32 --mode plain chunked",
+    train="--seconds 30 --dtype float32 --layers 2 --steps 1",
+    convert="--dtype float32 bfloat16 --dit-layers 4",
+)
 
 
 def child_env(openblas: bool) -> dict:
@@ -107,7 +78,7 @@ def child_env(openblas: bool) -> dict:
 
 
 def run(name: str, extra: list[str], quick: bool, openblas: bool) -> int:
-    defaults = (QUICK if quick else FULL)[name] if not extra else []
+    defaults = (QUICK if quick else FULL)[name].split() if not extra else []
     cmd = [sys.executable, *SCRIPTS[name], *defaults, *extra]
     print("$ " + " ".join(cmd), flush=True)
     return subprocess.call(cmd, cwd=ROOT, env=child_env(openblas))
